@@ -1,0 +1,67 @@
+"""``modelforge validate``: check a config (and optionally its dataset) without loading a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError, ValidationFailed
+from .output import dump_json, print_problems, print_resolved, problems_json
+
+
+@click.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a field (repeatable); nested options as dpo.beta=0.2.")
+@click.option("--resolved", is_flag=True, help="Print the full resolved config with each value's source.")
+@click.option("--data", "check_data", is_flag=True, help="Also check the dataset row by row.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for frontends).")
+def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_data: bool,
+             as_json: bool) -> None:
+    """Check CONFIG against the schema and the installed plugins.
+
+    Reports every problem at once, each with its JSON path and line. Exit code 0 when valid,
+    2 when not.
+    """
+    from ..config import load_document, parse_overrides, resolve_config
+    from ..plugins import get_plugins
+    from ..schema import effective_schema
+
+    plugins = get_plugins()
+    try:
+        document = load_document(config)
+        parsed = parse_overrides(overrides, effective_schema(plugins.registry))
+        result = resolve_config(document, overrides=parsed, plugins=plugins)
+        data_summary = None
+        if check_data:
+            from ..data import check_dataset
+
+            data_summary = check_dataset(result, plugins=plugins)
+    except ValidationFailed as failure:
+        if as_json:
+            dump_json({**problems_json(failure), "file": str(config)})
+        else:
+            print_problems(failure)
+        raise SystemExit(2) from None
+    except ConfigError as exc:
+        if as_json:
+            dump_json({"valid": False, "file": str(config), "error_count": 1, "errors": [
+                {"path": "(root)", "message": str(exc), "code": "parse", "file": exc.file,
+                 "line": exc.line, "column": exc.column}]})
+            raise SystemExit(2) from None
+        raise
+    if as_json:
+        out = {"valid": True, "file": str(config)}
+        if resolved:
+            out.update(result.to_json())
+        if data_summary is not None:
+            out["data"] = data_summary.to_json()
+        dump_json(out)
+        return
+    summary = f"{result['task']} / {result['strategy']} / {result['provider']}, profile {result['compute_specs']}"
+    click.secho(f"{config}: OK ({summary})", fg="green")
+    if data_summary is not None:
+        click.echo(f"{data_summary.file}: {data_summary.describe()}")
+    if resolved:
+        print_resolved(result.data, result.sources)

@@ -1,0 +1,122 @@
+"""A JSON reader that remembers the line of every value, so errors can point at it.
+
+Python's :mod:`json` gives no positions for parsed values. This reader walks the document
+once (using :mod:`json`'s own string scanner for exact string semantics) and returns the
+value together with a map from JSON path (a tuple of keys and indices) to line number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from json.decoder import scanstring  # type: ignore[attr-defined]
+
+Path = tuple[str | int, ...]
+
+_WS = re.compile(r"[ \t\n\r]*")
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
+
+
+class _Reader:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lines: dict[Path, int] = {}
+        self._newlines = [m.start() for m in re.finditer("\n", text)]
+
+    def line_of(self, pos: int) -> int:
+        import bisect
+
+        return bisect.bisect_left(self._newlines, pos) + 1
+
+    def fail(self, message: str, pos: int) -> json.JSONDecodeError:
+        return json.JSONDecodeError(message, self.text, pos)
+
+    def skip(self, pos: int) -> int:
+        match = _WS.match(self.text, pos)
+        assert match is not None
+        return match.end()
+
+    def value(self, pos: int, path: Path) -> tuple[Any, int]:
+        pos = self.skip(pos)
+        self.lines[path] = self.line_of(pos)
+        text = self.text
+        if pos >= len(text):
+            raise self.fail("Expecting value", pos)
+        char = text[pos]
+        if char == "{":
+            return self.obj(pos + 1, path)
+        if char == "[":
+            return self.arr(pos + 1, path)
+        if char == '"':
+            return scanstring(text, pos + 1, True)
+        for literal, result in (("true", True), ("false", False), ("null", None)):
+            if text.startswith(literal, pos):
+                return result, pos + len(literal)
+        match = _NUMBER.match(text, pos)
+        if match:
+            if match.group(1) or match.group(2):
+                return float(match.group(0)), match.end()
+            return int(match.group(0)), match.end()
+        for literal, result in (("NaN", float("nan")), ("Infinity", float("inf")),
+                                ("-Infinity", float("-inf"))):
+            if text.startswith(literal, pos):
+                raise self.fail(f"{literal} is not valid JSON", pos)
+        raise self.fail("Expecting value", pos)
+
+    def obj(self, pos: int, path: Path) -> tuple[dict[str, Any], int]:
+        result: dict[str, Any] = {}
+        pos = self.skip(pos)
+        if self.text.startswith("}", pos):
+            return result, pos + 1
+        while True:
+            pos = self.skip(pos)
+            if not self.text.startswith('"', pos):
+                raise self.fail("Expecting property name enclosed in double quotes", pos)
+            key_line = self.line_of(pos)
+            key, pos = scanstring(self.text, pos + 1, True)
+            pos = self.skip(pos)
+            if not self.text.startswith(":", pos):
+                raise self.fail("Expecting ':' delimiter", pos)
+            if key in result:
+                raise self.fail(f"duplicate key {key!r}", pos)
+            value, pos = self.value(pos + 1, path + (key,))
+            # Point errors about a key at the key's line, not the value's.
+            self.lines[path + (key,)] = key_line
+            result[key] = value
+            pos = self.skip(pos)
+            if self.text.startswith("}", pos):
+                return result, pos + 1
+            if not self.text.startswith(",", pos):
+                raise self.fail("Expecting ',' delimiter", pos)
+            pos += 1
+
+    def arr(self, pos: int, path: Path) -> tuple[list[Any], int]:
+        result: list[Any] = []
+        pos = self.skip(pos)
+        if self.text.startswith("]", pos):
+            return result, pos + 1
+        while True:
+            value, pos = self.value(pos, path + (len(result),))
+            result.append(value)
+            pos = self.skip(pos)
+            if self.text.startswith("]", pos):
+                return result, pos + 1
+            if not self.text.startswith(",", pos):
+                raise self.fail("Expecting ',' delimiter", pos)
+            pos += 1
+
+
+def loads_with_lines(text: str) -> tuple[Any, dict[Path, int]]:
+    """Parse ``text`` as strict JSON; return the value and a ``{path: line}`` map.
+
+    Raises :class:`json.JSONDecodeError` (with ``lineno``/``colno``) on malformed input,
+    including duplicate keys, which plain :mod:`json` silently accepts.
+    """
+    reader = _Reader(text)
+    value, end = reader.value(0, ())
+    end = reader.skip(end)
+    if end != len(text):
+        raise reader.fail("Extra data", end)
+    return value, reader.lines

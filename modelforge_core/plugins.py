@@ -1,0 +1,300 @@
+"""Finding plugins, calling their hooks, and the registry of components they register.
+
+The manager is built by :func:`load_plugins`, never at import time. Plugins are found through
+the ``modelforge`` entry-point group; ``MODELFORGE_LOAD_PLUGINS`` (a comma-separated allowlist
+of entry-point or distribution names) and ``MODELFORGE_DISABLE_PLUGINS`` (a blocklist) choose
+which of them load.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pluggy
+
+from . import hookspecs
+from .api import Component, Provider, RunInfo, Strategy, Task
+from .errors import PluginError
+
+if TYPE_CHECKING:
+    import click
+
+ENTRY_POINT_GROUP = "modelforge"
+LOAD_ENV = "MODELFORGE_LOAD_PLUGINS"
+DISABLE_ENV = "MODELFORGE_DISABLE_PLUGINS"
+
+#: The distribution that ships each built-in component, for "not installed" messages.
+BUILTIN_DISTRIBUTIONS: Mapping[tuple[str, str], str] = {
+    ("provider", "huggingface"): "modelforge-provider-huggingface",
+    ("provider", "unsloth"): "modelforge-provider-unsloth",
+    ("strategy", "sft"): "modelforge-strategy-sft",
+    ("strategy", "qlora"): "modelforge-strategy-qlora",
+    ("strategy", "dpo"): "modelforge-strategy-dpo",
+    ("strategy", "rlhf"): "modelforge-strategy-rlhf",
+    ("task", "text-generation"): "modelforge-task-text-generation",
+    ("task", "summarization"): "modelforge-task-summarization",
+    ("task", "extractive-question-answering"): "modelforge-task-extractive-qa",
+}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A loaded plugin: its entry-point name, distribution and version."""
+
+    name: str
+    distribution: str
+    version: str
+
+    def label(self) -> str:
+        return f"plugin {self.name!r} (distribution {self.distribution} {self.version})"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An installed plugin that was not loaded, and why."""
+
+    name: str
+    distribution: str
+    reason: str
+
+
+C = TypeVar("C", bound=Component)
+
+
+@dataclass
+class Registry:
+    """The components registered by the loaded plugins, by kind and name."""
+
+    providers: dict[str, Provider] = field(default_factory=dict)
+    strategies: dict[str, Strategy] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    owners: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
+
+    def of_kind(self, kind: str) -> dict[str, Any]:
+        return {"provider": self.providers, "strategy": self.strategies, "task": self.tasks}[kind]
+
+    def components(self) -> Iterable[Component]:
+        yield from self.tasks.values()
+        yield from self.strategies.values()
+        yield from self.providers.values()
+
+    def add(self, component: Component, owner: PluginInfo, expected: type[C]) -> None:
+        if not isinstance(component, expected):
+            raise PluginError(
+                f"{owner.label()} registered {component!r} as a {expected.kind}, "
+                f"but it is not a modelforge_core.api.{expected.__name__} instance"
+            )
+        if not component.name:
+            raise PluginError(f"{owner.label()} registered a {expected.kind} without a name")
+        table = self.of_kind(expected.kind)
+        key = (expected.kind, component.name)
+        if component.name in table:
+            first = self.owners[key]
+            raise PluginError(
+                f"{expected.kind} {component.name!r} is registered twice: by {first.label()} "
+                f"and by {owner.label()}; uninstall or disable one of them "
+                f"(for example {DISABLE_ENV}={owner.name})"
+            )
+        table[component.name] = component
+        self.owners[key] = owner
+
+    def owner_of(self, component: Component) -> PluginInfo:
+        return self.owners[(component.kind, component.name)]
+
+
+class Hooks:
+    """Typed calls into the plugins' hooks; errors name the plugin that raised."""
+
+    def __init__(self, pm: pluggy.PluginManager, infos: Mapping[str, PluginInfo]) -> None:
+        self._pm = pm
+        self._infos = infos
+
+    def _info(self, plugin: object) -> PluginInfo:
+        name = self._pm.get_name(plugin) or repr(plugin)
+        return self._infos.get(name, PluginInfo(name, "(registered directly)", ""))
+
+    def _call(self, hook_name: str, **kwargs: Any) -> None:
+        caller = getattr(self._pm.hook, hook_name)
+        # Call each implementation ourselves so a failure names its plugin.
+        for impl in reversed(caller.get_hookimpls()):
+            args = {name: kwargs[name] for name in impl.argnames}
+            try:
+                impl.function(**args)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"{self._info(impl.plugin).label()} failed in hook {hook_name}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+
+    def _register_into(self, hook_name: str, registry: Registry, expected: type[Component]) -> None:
+        caller = getattr(self._pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            owner = self._info(impl.plugin)
+
+            def register(component: Component, owner: PluginInfo = owner) -> None:
+                registry.add(component, owner, expected)
+
+            try:
+                impl.function(**{name: register for name in impl.argnames})
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"{owner.label()} failed in hook {hook_name}: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def register_components(self) -> Registry:
+        registry = Registry()
+        self._register_into("register_tasks", registry, Task)
+        self._register_into("register_strategies", registry, Strategy)
+        self._register_into("register_providers", registry, Provider)
+        return registry
+
+    def register_commands(self, cli: click.Group) -> None:
+        self._call("register_commands", cli=cli)
+
+    def on_run_start(self, run: RunInfo) -> None:
+        self._call("on_run_start", run=run)
+
+    def on_log(self, run: RunInfo, step: int, logs: Mapping[str, float]) -> None:
+        self._call("on_log", run=run, step=step, logs=logs)
+
+    def on_evaluate(self, run: RunInfo, stage: str, metrics: Mapping[str, float]) -> None:
+        self._call("on_evaluate", run=run, stage=stage, metrics=metrics)
+
+    def on_run_end(self, run: RunInfo, status: str, metrics: Mapping[str, Any],
+                   error: str | None) -> None:
+        self._call("on_run_end", run=run, status=status, metrics=metrics, error=error)
+
+
+@dataclass
+class Plugins:
+    """The loaded plugins: the pluggy manager, typed hooks, the registry, what was skipped."""
+
+    manager: pluggy.PluginManager
+    hooks: Hooks
+    registry: Registry
+    infos: dict[str, PluginInfo]
+    skipped: list[Skipped]
+
+    def hook_names(self, plugin_name: str) -> list[str]:
+        plugin = self.manager.get_plugin(plugin_name)
+        if plugin is None:
+            return []
+        return sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or [])
+
+    def why_missing(self, kind: str, name: str) -> str:
+        """A sentence saying why no ``kind`` called ``name`` is available."""
+        dist = BUILTIN_DISTRIBUTIONS.get((kind, name))
+        for skipped in self.skipped:
+            if dist and skipped.distribution == dist:
+                return f"{kind} {name!r} comes from {dist}, which is installed but {skipped.reason}"
+        if dist:
+            return f"{kind} {name!r} is provided by {dist}, which is not installed (pip install {dist})"
+        available = ", ".join(sorted(self.registry.of_kind(kind))) or "none"
+        return f"no installed plugin provides the {kind} {name!r} (installed: {available})"
+
+
+def _split_env(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True,
+                 environ: Mapping[str, str] | None = None) -> Plugins:
+    """Build the plugin manager, load the plugins and collect their components.
+
+    :param extra: ``(name, plugin)`` pairs registered directly (tests, embedding).
+    :param entry_points: load the plugins installed under the ``modelforge`` group.
+    :param environ: where to read ``MODELFORGE_LOAD_PLUGINS``/``MODELFORGE_DISABLE_PLUGINS``.
+    """
+    env = os.environ if environ is None else environ
+    allow = _split_env(env.get(LOAD_ENV))
+    block = _split_env(env.get(DISABLE_ENV)) or set()
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    infos: dict[str, PluginInfo] = {}
+    skipped: list[Skipped] = []
+    if entry_points:
+        for ep in _entry_points():
+            dist = ep.dist.name if ep.dist else "(unknown distribution)"
+            version = ep.dist.version if ep.dist else ""
+            names = {ep.name, dist}
+            if allow is not None and not names & allow:
+                skipped.append(Skipped(ep.name, dist, f"not listed in {LOAD_ENV}"))
+                continue
+            if names & block:
+                skipped.append(Skipped(ep.name, dist, f"disabled by {DISABLE_ENV}"))
+                continue
+            info = PluginInfo(ep.name, dist, version)
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"{info.label()} failed to import ({ep.value}): {type(exc).__name__}: {exc}; "
+                    f"reinstall it, or skip it with {DISABLE_ENV}={ep.name}"
+                ) from exc
+            if pm.get_plugin(ep.name) is not None:
+                raise PluginError(f"two installed plugins use the entry-point name {ep.name!r}")
+            pm.register(plugin, name=ep.name)
+            infos[ep.name] = info
+    for name, plugin in extra:
+        pm.register(plugin, name=name)
+        infos[name] = PluginInfo(name, "(registered directly)", "")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements a hook that does not exist: {exc}") from exc
+    hooks = Hooks(pm, infos)
+    registry = hooks.register_components()
+    return Plugins(pm, hooks, registry, infos, skipped)
+
+
+_cached: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugins, loaded on first use."""
+    global _cached
+    if _cached is None:
+        _cached = load_plugins()
+    return _cached
+
+
+def set_plugins(plugins: Plugins | None) -> None:
+    """Replace the process-wide plugins (tests, embedding applications)."""
+    global _cached
+    _cached = plugins
+
+
+def compatible(registry: Registry, task: str, strategy: str, provider: str) -> list[str]:
+    """Reasons why the triple cannot work together, from the declared capabilities."""
+    reasons = []
+    t, s, p = registry.tasks.get(task), registry.strategies.get(strategy), registry.providers.get(provider)
+    if t and s:
+        if s.tasks is not None and task not in s.tasks:
+            reasons.append(f"strategy {strategy!r} does not support task {task!r}")
+        elif s.data_shape not in t.data_shapes:
+            reasons.append(
+                f"strategy {strategy!r} trains on {s.data_shape} data, which task {task!r} does not have"
+            )
+    if t and p:
+        if p.tasks is not None and task not in p.tasks:
+            reasons.append(f"provider {provider!r} does not support task {task!r}")
+        elif not set(t.heads) & p.heads:
+            reasons.append(f"provider {provider!r} cannot load a head that task {task!r} needs")
+    if s and p and p.strategies is not None and strategy not in p.strategies:
+        reasons.append(f"provider {provider!r} does not support strategy {strategy!r}")
+    return reasons
+

@@ -1,0 +1,142 @@
+"""The text-generation task: instruction, chat and prompt/completion data for causal LMs.
+
+Supervised rows: ``{"input", "output"}`` (optionally ``"system"``), ``{"messages": [...]}``
+(chat, ending with the assistant's turn) or ``{"prompt", "completion"}``. Preference rows (for
+dpo and rlhf): ``{"prompt", "chosen", "rejected"}``, as strings or as message lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from modelforge_core import hookimpl
+from modelforge_core.api import LoadedModel, Task
+from modelforge_core.errors import Problem
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _text_problem(row: Mapping[str, Any], key: str, *, allow_empty: bool = False) -> Problem | None:
+    if key not in row:
+        return Problem(key, "missing field", code="missing_field")
+    value = row[key]
+    if not isinstance(value, str):
+        return Problem(key, f"expected a string, got {type(value).__name__}", code="type")
+    if not allow_empty and not value.strip():
+        return Problem(key, "must not be empty", code="empty")
+    return None
+
+
+def _messages_problems(value: Any, key: str, *, must_end_with_assistant: bool,
+                       roles: Sequence[str] = ROLES) -> list[Problem]:
+    if not isinstance(value, list) or not value:
+        return [Problem(key, "expected a non-empty list of {\"role\", \"content\"} messages", code="type")]
+    problems = []
+    for index, message in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(message, dict):
+            problems.append(Problem(where, "a message must be an object with role and content", code="type"))
+            continue
+        role, content = message.get("role"), message.get("content")
+        if role not in roles:
+            problems.append(Problem(f"{where}.role", f"role must be one of {', '.join(roles)}, got {role!r}",
+                                    code="enum"))
+        if not isinstance(content, str):
+            problems.append(Problem(f"{where}.content", "content must be a string", code="type"))
+    if must_end_with_assistant and not problems:
+        last = value[-1]
+        if last.get("role") != "assistant":
+            problems.append(Problem(f"{key}[{len(value) - 1}].role",
+                                    "the last message must be the assistant's answer (the training target)",
+                                    code="shape"))
+        elif not last.get("content", "").strip():
+            problems.append(Problem(f"{key}[{len(value) - 1}].content", "the assistant's answer is empty",
+                                    code="empty"))
+    return problems
+
+
+class TextGeneration(Task):
+    name: ClassVar[str] = "text-generation"
+    description: ClassVar[str] = "Instruction, chat and prompt/completion fine-tuning of causal LMs."
+    heads: ClassVar[tuple[str, ...]] = ("causal-lm",)
+    data_shapes: ClassVar[frozenset[str]] = frozenset({"supervised", "preference"})
+    row_formats: ClassVar[Mapping[str, Sequence[str]]] = {
+        "supervised": ('{"input": ..., "output": ...}', '{"messages": [{"role", "content"}, ...]}',
+                       '{"prompt": ..., "completion": ...}'),
+        "preference": ('{"prompt": ..., "chosen": ..., "rejected": ...}',),
+    }
+
+    def row_shape(self, row: Mapping[str, Any]) -> str | None:
+        if "chosen" in row or "rejected" in row:
+            return "preference"
+        if "messages" in row or "completion" in row or "input" in row or "output" in row:
+            return "supervised"
+        return None
+
+    def row_format(self, row: Mapping[str, Any]) -> str:
+        """``io``, ``messages``, ``prompt_completion`` or ``preference``."""
+        if "chosen" in row or "rejected" in row:
+            return "preference"
+        if "messages" in row:
+            return "messages"
+        if "completion" in row or "prompt" in row and "output" not in row:
+            return "prompt_completion"
+        return "io"
+
+    def check_row(self, row: Mapping[str, Any], shape: str) -> list[Problem]:
+        fmt = self.row_format(row)
+        if fmt == "preference":
+            return self._check_preference(row)
+        if fmt == "messages":
+            return _messages_problems(row["messages"], "messages", must_end_with_assistant=True)
+        if fmt == "prompt_completion":
+            if isinstance(row.get("prompt"), list) or isinstance(row.get("completion"), list):
+                problems = _messages_problems(row.get("prompt"), "prompt", must_end_with_assistant=False)
+                problems += _messages_problems(row.get("completion"), "completion", must_end_with_assistant=True)
+                return problems
+            found = (_text_problem(row, "prompt", allow_empty=True), _text_problem(row, "completion"))
+            return [p for p in found if p]
+        problems = [p for p in (_text_problem(row, "input", allow_empty=True), _text_problem(row, "output")) if p]
+        if "system" in row:
+            problem = _text_problem(row, "system", allow_empty=True)
+            if problem:
+                problems.append(problem)
+        return problems
+
+    def _check_preference(self, row: Mapping[str, Any]) -> list[Problem]:
+        problems: list[Problem] = []
+        prompt = row.get("prompt")
+        if isinstance(prompt, list):
+            problems += _messages_problems(prompt, "prompt", must_end_with_assistant=False)
+        else:
+            problem = _text_problem(row, "prompt")
+            if problem:
+                problems.append(problem)
+        for key in ("chosen", "rejected"):
+            value = row.get(key)
+            if isinstance(value, list):
+                problems += _messages_problems(value, key, must_end_with_assistant=True)
+            else:
+                problem = _text_problem(row, key)
+                if problem:
+                    problems.append(problem)
+        if not problems and row["chosen"] == row["rejected"]:
+            problems.append(Problem("rejected", "chosen and rejected are identical: the pair teaches nothing",
+                                    code="invalid"))
+        return problems
+
+    def build_dataset(self, rows: Sequence[Mapping[str, Any]], *, shape: str, tokenizer: Any,
+                      config: Mapping[str, Any], head: str) -> Any:
+        from .formatting import build_dataset
+
+        return build_dataset(self, rows, shape=shape, tokenizer=tokenizer, config=config)
+
+    def evaluate(self, loaded: LoadedModel, rows: Sequence[Mapping[str, Any]], *,
+                 config: Mapping[str, Any]) -> dict[str, float]:
+        return {}
+
+
+@hookimpl
+def register_tasks(register: Callable[[Task], None]) -> None:
+    register(TextGeneration())

@@ -1,0 +1,2 @@
+// The canonical ModelForge training-config schema, for `require("@modelforge/training-config-schema")`.
+module.exports = require("./training-config.schema.json");
