@@ -1,0 +1,1 @@
+"""Test helpers for ModelForge: tiny offline models, tokenizers and fixtures."""
