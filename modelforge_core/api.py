@@ -137,6 +137,16 @@ class Task(Component):
         """
         return {}
 
+    def predict(self, loaded: LoadedModel, inputs: Mapping[str, Any], *, config: Mapping[str, Any],
+                **generation: Any) -> str:
+        """Run the trained model on one input, formatted exactly as in training.
+
+        ``inputs`` holds a row without its target (``{"input": ...}``, ``{"messages": [...]}``,
+        ``{"document": ...}``, ``{"context": ..., "question": ...}``); ``generation`` holds
+        options such as ``max_new_tokens``. Returns the answer text.
+        """
+        raise NotImplementedError
+
     def capabilities(self) -> dict[str, Any]:
         return {**super().capabilities(), "heads": list(self.heads),
                 "data_shapes": sorted(self.data_shapes)}
@@ -244,5 +254,13 @@ class TrainingJob:
     resume_from: Path | None = None
     #: Where the final adapter goes (``run/adapter``), written atomically by ``save``.
     save: Callable[[LoadedModel, str], Path] | None = None
-    #: Report metrics to hooks and the log: ``report(stage, metrics)``.
+    #: Report metrics to hooks, the log and ``metrics.json``: ``report(stage, metrics)``.
     report: Callable[[str, Mapping[str, float]], None] = lambda stage, metrics: None
+    #: Print a progress message for the user (the log line "max_seq_length is null: ...").
+    say: Callable[[str], None] = print
+    #: True once SIGINT/SIGTERM asked the run to stop (after saving a checkpoint).
+    stop_requested: Callable[[], bool] = lambda: False
+    #: When resuming: the metrics measured before training in the first attempt.
+    previous_metrics_before: dict[str, float] = field(default_factory=dict)
+    #: The core's run folder object (``modelforge_core.runs.RunDir``), for extra outputs.
+    run_dir: Any = None

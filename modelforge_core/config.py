@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +37,12 @@ class Document:
     lines: dict[tuple[str | int, ...], int] = field(default_factory=dict)
 
     def line_of(self, path: Iterable[str | int]) -> int | None:
+        """The line of the value at ``path``, or of the nearest enclosing value that exists
+        (a missing field: the object that lacks it)."""
         parts = tuple(path)
-        while parts:
-            if parts in self.lines:
-                return self.lines[parts]
+        while parts not in self.lines and parts:
             parts = parts[:-1]
-        return None
+        return self.lines.get(parts)
 
 
 def load_document(path: str | Path) -> Document:
@@ -73,14 +74,66 @@ def load_document(path: str | Path) -> Document:
             hint = " (YAML files need a .yaml or .yml extension)"
         raise ConfigError(f"invalid JSON: {exc.msg}{hint}", file=shown, line=exc.lineno,
                           column=exc.colno) from None
+    except RecursionError:
+        raise ConfigError("invalid JSON: nested too deeply", file=shown) from None
     return Document(data, shown, lines)
 
 
-def _load_yaml(text: str, shown: str) -> Document:
+#: YAML 1.2 core-schema scalars (PyYAML implements YAML 1.1, where ``2e-4`` is a string, ``no``
+#: is false, ``012`` is octal and ``2024-01-01`` is a date). With these, a YAML file means
+#: what the same JSON file means.
+_YAML_BOOL = r"^(?:true|True|TRUE|false|False|FALSE)$"
+_YAML_INT = r"^[-+]?[0-9]+$"
+_YAML_FLOAT = r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"
+_YAML_DROPPED_TAGS = {"bool", "int", "float", "timestamp"}
+
+
+@lru_cache(maxsize=1)
+def _yaml_loader() -> type[Any]:
+    import math
+    import re
+
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers
+                if tag.rsplit(":", 1)[-1] not in _YAML_DROPPED_TAGS]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(_YAML_BOOL), list("tTfF"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(_YAML_INT), list("-+0123456789"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_YAML_FLOAT), list("-+0123456789."))
+
+    def construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+        text = str(loader.construct_scalar(node))
+        try:
+            return int(text)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer",
+                                                    node.start_mark) from None
+
+    def construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+        text = str(loader.construct_scalar(node))
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text!r} is not a finite number (JSON has no NaN or infinity)",
+                node.start_mark)
+        return value
+
+    Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    Loader.add_constructor("tag:yaml.org,2002:float", construct_float)
+    return Loader
+
+
+def _load_yaml(text: str, shown: str) -> Document:
+    import yaml
 
     lines: dict[tuple[str | int, ...], int] = {}
 
@@ -89,30 +142,42 @@ def _load_yaml(text: str, shown: str) -> Document:
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                    raise ConfigError(f"keys must be strings, got {key_node.value!r} (quote it)",
+                                      file=shown, line=key_node.start_mark.line + 1,
+                                      column=key_node.start_mark.column + 1)
                 key = str(key_node.value)
                 if key in seen:
                     raise ConfigError(f"duplicate key {key!r}", file=shown,
                                       line=key_node.start_mark.line + 1)
                 seen.add(key)
-                record(value_node, path + (key,))
-                lines[path + (key,)] = key_node.start_mark.line + 1
+                child = (*path, key)
+                record(value_node, child)
+                lines[child] = key_node.start_mark.line + 1  # errors about a key: the key's line
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
-                record(item, path + (index,))
+                record(item, (*path, index))
 
+    loader = _yaml_loader()(text)
     try:
-        node = yaml.compose(text, Loader=Loader)
+        node = loader.get_single_node()
         if node is None:
             raise ConfigError("the config file is empty", file=shown)
         record(node, ())
-        data = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+        data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        raise ConfigError(f"invalid YAML: {exc.problem}", file=shown,
+        mark = exc.problem_mark or exc.context_mark
+        raise ConfigError(f"invalid YAML: {exc.problem or exc.context}", file=shown,
                           line=mark.line + 1 if mark else None,
                           column=mark.column + 1 if mark else None) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=shown) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", file=shown) from None
+    finally:
+        loader.dispose()
     return Document(data, shown, lines)
 
 
@@ -122,52 +187,78 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def _coerce(text: str, prop: Mapping[str, Any], key: str) -> Any:
-    types = prop.get("type")
-    candidates = types if isinstance(types, list) else [types] if types else []
-    if not candidates and "oneOf" in prop:
-        candidates = [alt.get("type") for alt in prop["oneOf"]]
+_NOT_CONVERTED = object()
+
+
+def _alternatives(prop: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The subschemas a value may match: ``oneOf``/``anyOf`` branches, or the schema itself."""
+    branches = prop.get("oneOf") or prop.get("anyOf")
+    if branches and "type" not in prop:
+        return [b for b in branches if isinstance(b, Mapping)]
+    return [prop]
+
+
+def _types(alternative: Mapping[str, Any]) -> list[str]:
+    types = alternative.get("type")
+    return list(types) if isinstance(types, list) else [types] if isinstance(types, str) else []
+
+
+def _convert(text: str, kind: str) -> Any:
+    import math
+
     lowered = text.strip().lower()
-    for kind in candidates:
-        if kind == "null" and lowered in ("null", "none", "~"):
-            return None
-    for kind in candidates:
-        if kind == "boolean":
-            if lowered in _TRUE:
-                return True
-            if lowered in _FALSE:
-                return False
-        elif kind == "integer":
-            try:
-                return int(text)
-            except ValueError:
-                try:
-                    number = float(text)
-                except ValueError:
-                    continue
-                if number.is_integer():
-                    return int(number)
-        elif kind == "number":
-            try:
-                return float(text)
-            except ValueError:
-                continue
-        elif kind in ("array", "object"):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                if kind == "array":
-                    return [item.strip() for item in text.split(",") if item.strip()]
-                continue
-            return value
-        elif kind == "string":
-            return text
+    if kind == "boolean":
+        return True if lowered in _TRUE else False if lowered in _FALSE else _NOT_CONVERTED
+    if kind in ("integer", "number"):
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            return _NOT_CONVERTED
+        if not math.isfinite(number):  # not JSON, and NaN passes every range check
+            return _NOT_CONVERTED
+        if kind == "integer":
+            return int(number) if number.is_integer() else _NOT_CONVERTED
+        return number
+    if kind in ("array", "object"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = _NOT_CONVERTED
+        if kind == "array":
+            if isinstance(value, list):
+                return value
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value if isinstance(value, dict) else _NOT_CONVERTED
+    if kind == "string":
+        return text
+    return _NOT_CONVERTED
+
+
+def _coerce(text: str, prop: Mapping[str, Any], key: str) -> Any:
+    """``text`` converted to the first type the schema ``prop`` allows for it (``key`` is
+    the dotted field name, for messages). Text that fits no type stays text: validation then
+    names the field and the expected type."""
+    candidates = [(alt, kind) for alt in _alternatives(prop) for kind in _types(alt)]
     if not candidates:
         try:
             return json.loads(text)
         except json.JSONDecodeError:
             return text
-    # Leave it as text: validation then names the field and the expected type.
+    if text.strip().lower() in ("null", "none", "~") and any(kind == "null" for _, kind in candidates):
+        return None
+    for alternative, kind in candidates:
+        value = _convert(text, kind)
+        if value is _NOT_CONVERTED:
+            continue
+        if "const" in alternative and value != alternative["const"]:
+            continue
+        if "enum" in alternative and value not in alternative["enum"]:
+            continue
+        return value
     return text
 
 
@@ -273,7 +364,8 @@ def resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
 def schema_defaults(schema: Mapping[str, Any], selected: Iterable[str]) -> dict[str, Any]:
     """Top-level defaults, plus the option objects of the selected components."""
     props = schema["properties"]
-    defaults = {k: v["default"] for k, v in props.items() if "default" in v and k not in _option_keys(props)}
+    option_keys = _option_keys(props)
+    defaults = {k: v["default"] for k, v in props.items() if "default" in v and k not in option_keys}
     for name in selected:
         fragment = props.get(name)
         if isinstance(fragment, Mapping) and fragment.get("type") == "object":
@@ -284,6 +376,31 @@ def schema_defaults(schema: Mapping[str, Any], selected: Iterable[str]) -> dict[
 
 def _option_keys(props: Mapping[str, Any]) -> set[str]:
     return {k for k, v in props.items() if isinstance(v, Mapping) and v.get("type") == "object"}
+
+
+def _normalized(value: Any, prop: Mapping[str, Any]) -> Any:
+    """``value`` with integral floats made ints where ``prop`` wants an integer.
+
+    JSON Schema counts 16.0 as an integer, but peft and torch do not take ``r=16.0``.
+    """
+    if isinstance(value, float) and value.is_integer():
+        types = _types(prop)
+        if "integer" in types and "number" not in types:
+            return int(value)
+    if isinstance(value, dict):
+        props = prop.get("properties", {})
+        return {k: _normalized(v, props.get(k, {})) for k, v in value.items()}
+    return value
+
+
+def _in_overrides(overrides: Mapping[str, Any], json_path: Iterable[Any]) -> bool:
+    node: Any = overrides
+    parts = list(json_path)
+    for part in parts:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return bool(parts)
 
 
 def document_problems(problems: list[Problem], document: Document | None) -> list[Problem]:
@@ -311,17 +428,25 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
 
     plugins = plugins or get_plugins()
     schema = effective_schema(plugins.registry)
+    source_document: Document | None
     if isinstance(document, Document):
-        data, file = document.data, document.file
+        data, file, source_document = document.data, document.file, document
         base = base_dir or Path(document.file).resolve().parent
     else:
-        data, file, document = dict(document), None, None
+        data = dict(document) if isinstance(document, Mapping) else document
+        file, source_document = None, None
         base = base_dir or Path.cwd()
     if not isinstance(data, Mapping):
         raise ValidationFailed([Problem("(root)", "the config must be a JSON object", code="type",
                                         file=file, line=1)])
-    user = _merge(resolve_paths(dict(data), base), resolve_paths(dict(overrides or {}), Path.cwd()))
-    problems = document_problems(validate_instance(user, schema, plugins), document)
+    overrides = overrides or {}
+    user = _merge(resolve_paths(dict(data), base), resolve_paths(dict(overrides), Path.cwd()))
+    problems = [
+        # A value given with --set has no line in the file: say where it came from instead.
+        Problem(p.path, p.message, p.hint, p.code, "--set", None, p.extra)
+        if _in_overrides(overrides, p.extra.get("json_path", [])) else p
+        for p in document_problems(validate_instance(user, schema, plugins), source_document)
+    ]
     if not problems:
         problems = _environment_problems(user, plugins) if check_environment else []
     if problems:
@@ -334,11 +459,15 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     _record(sources, defaults, "default")
     _record(sources, profile, f"profile:{profile_name}")
     _record(sources, dict(data), f"file:{file}" if file else "api")
-    _record(sources, dict(overrides or {}), "--set")
-    values = _merge(_merge(defaults, profile), user)
-    problems = validate_instance(values, schema, plugins)
+    _record(sources, dict(overrides), "--set")
+    merged = _merge(_merge(defaults, profile), user)
+    problems = validate_instance(merged, schema, plugins)
     if problems:  # a profile value that conflicts with the user's choices
         raise ValidationFailed(problems)
+    props = schema["properties"]
+    # Schema order, so `--resolved` reads like the reference; plugin options last.
+    values = {k: _normalized(merged[k], props.get(k, {})) for k in props if k in merged}
+    values.update((k, v) for k, v in merged.items() if k not in values)
     return ResolvedConfig(values, sources, file)
 
 

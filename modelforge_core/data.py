@@ -73,8 +73,8 @@ def iter_rows(path: Path, collector: _Collector) -> Iterator[tuple[int, Any]]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        collector.add(line, "(row)", f"not UTF-8 text (byte {exc.start})", "encoding",
+        bad_line = raw[: exc.start].count(b"\n") + 1
+        collector.add(bad_line, "(row)", f"not UTF-8 text (byte {exc.start})", "encoding",
                       "save the file as UTF-8")
         return
     if not text.strip():
@@ -93,13 +93,17 @@ def iter_rows(path: Path, collector: _Collector) -> Iterator[tuple[int, Any]]:
             yield lines.get((index,), 1), row
         return
     decoder = json.JSONDecoder()
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also splits at U+2028 and friends, which JSON allows
+    # unescaped inside strings, and would cut such a row in two.
+    for number, raw_line in enumerate(text.split("\n"), start=1):
+        line = raw_line.rstrip("\r")
         if not line.strip():
             continue
+        start = len(line) - len(line.lstrip(" \t"))
         try:
-            value, end = decoder.raw_decode(line.strip())
-            if end != len(line.strip()):
-                raise json.JSONDecodeError("Extra data after the row", line.strip(), end)
+            value, end = decoder.raw_decode(line, start)
+            if line[end:].strip(" \t"):
+                raise json.JSONDecodeError("Extra data after the row", line, end)
         except json.JSONDecodeError as exc:
             collector.add(number, "(row)", f"invalid JSON: {exc.msg} (column {exc.colno})", "json",
                           "each line must hold one complete JSON object")

@@ -7,11 +7,11 @@ value together with a map from JSON path (a tuple of keys and indices) to line n
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
-from typing import Any
-
 from json.decoder import scanstring  # type: ignore[attr-defined]
+from typing import Any
 
 Path = tuple[str | int, ...]
 
@@ -26,8 +26,6 @@ class _Reader:
         self._newlines = [m.start() for m in re.finditer("\n", text)]
 
     def line_of(self, pos: int) -> int:
-        import bisect
-
         return bisect.bisect_left(self._newlines, pos) + 1
 
     def fail(self, message: str, pos: int) -> json.JSONDecodeError:
@@ -50,7 +48,8 @@ class _Reader:
         if char == "[":
             return self.arr(pos + 1, path)
         if char == '"':
-            return scanstring(text, pos + 1, True)
+            string, end = scanstring(text, pos + 1, True)
+            return str(string), int(end)
         for literal, result in (("true", True), ("false", False), ("null", None)):
             if text.startswith(literal, pos):
                 return result, pos + len(literal)
@@ -59,8 +58,7 @@ class _Reader:
             if match.group(1) or match.group(2):
                 return float(match.group(0)), match.end()
             return int(match.group(0)), match.end()
-        for literal, result in (("NaN", float("nan")), ("Infinity", float("inf")),
-                                ("-Infinity", float("-inf"))):
+        for literal in ("NaN", "Infinity", "-Infinity"):
             if text.startswith(literal, pos):
                 raise self.fail(f"{literal} is not valid JSON", pos)
         raise self.fail("Expecting value", pos)
@@ -74,16 +72,17 @@ class _Reader:
             pos = self.skip(pos)
             if not self.text.startswith('"', pos):
                 raise self.fail("Expecting property name enclosed in double quotes", pos)
-            key_line = self.line_of(pos)
+            key_pos, key_line = pos, self.line_of(pos)
             key, pos = scanstring(self.text, pos + 1, True)
             pos = self.skip(pos)
             if not self.text.startswith(":", pos):
                 raise self.fail("Expecting ':' delimiter", pos)
             if key in result:
-                raise self.fail(f"duplicate key {key!r}", pos)
-            value, pos = self.value(pos + 1, path + (key,))
+                raise self.fail(f"duplicate key {key!r}", key_pos)
+            child = (*path, key)
+            value, pos = self.value(pos + 1, child)
             # Point errors about a key at the key's line, not the value's.
-            self.lines[path + (key,)] = key_line
+            self.lines[child] = key_line
             result[key] = value
             pos = self.skip(pos)
             if self.text.startswith("}", pos):
@@ -98,7 +97,7 @@ class _Reader:
         if self.text.startswith("]", pos):
             return result, pos + 1
         while True:
-            value, pos = self.value(pos, path + (len(result),))
+            value, pos = self.value(pos, (*path, len(result)))
             result.append(value)
             pos = self.skip(pos)
             if self.text.startswith("]", pos):

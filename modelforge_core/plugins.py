@@ -9,6 +9,7 @@ which of them load.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -75,7 +76,9 @@ class Registry:
     owners: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, Any]:
-        return {"provider": self.providers, "strategy": self.strategies, "task": self.tasks}[kind]
+        tables: dict[str, dict[str, Any]] = {"provider": self.providers, "strategy": self.strategies,
+                                             "task": self.tasks}
+        return tables[kind]
 
     def components(self) -> Iterable[Component]:
         yield from self.tasks.values()
@@ -84,9 +87,11 @@ class Registry:
 
     def add(self, component: Component, owner: PluginInfo, expected: type[C]) -> None:
         if not isinstance(component, expected):
+            advice = (f"; pass an instance: register({component.__name__}())"
+                      if isinstance(component, type) and issubclass(component, expected) else "")
             raise PluginError(
                 f"{owner.label()} registered {component!r} as a {expected.kind}, "
-                f"but it is not a modelforge_core.api.{expected.__name__} instance"
+                f"but it is not a modelforge_core.api.{expected.__name__} instance{advice}"
             )
         if not component.name:
             raise PluginError(f"{owner.label()} registered a {expected.kind} without a name")
@@ -105,6 +110,21 @@ class Registry:
     def owner_of(self, component: Component) -> PluginInfo:
         return self.owners[(component.kind, component.name)]
 
+    def check_option_names(self, config_fields: Iterable[str]) -> None:
+        """Refuse options objects whose name is already a config field or another
+        component's options object: the effective schema has one property per name."""
+        taken = {name: "the config field of that name" for name in config_fields}
+        for component in self.components():
+            if component.options_schema is None:
+                continue
+            owner = self.owner_of(component)
+            if component.name in taken:
+                raise PluginError(
+                    f"{owner.label()} registered the {component.kind} {component.name!r} with options, "
+                    f"but {component.name!r} is already {taken[component.name]}; rename the component"
+                )
+            taken[component.name] = f"the options of the {component.kind} from {owner.label()}"
+
 
 class Hooks:
     """Typed calls into the plugins' hooks; errors name the plugin that raised."""
@@ -119,7 +139,7 @@ class Hooks:
 
     def _call(self, hook_name: str, **kwargs: Any) -> None:
         caller = getattr(self._pm.hook, hook_name)
-        # Call each implementation ourselves so a failure names its plugin.
+        # Call each implementation ourselves, in pluggy's order, so a failure names its plugin.
         for impl in reversed(caller.get_hookimpls()):
             args = {name: kwargs[name] for name in impl.argnames}
             try:
@@ -150,10 +170,14 @@ class Hooks:
                 ) from exc
 
     def register_components(self) -> Registry:
+        """Run the three registration hooks and return the registry they filled."""
+        from .schema import canonical_schema
+
         registry = Registry()
         self._register_into("register_tasks", registry, Task)
         self._register_into("register_strategies", registry, Strategy)
         self._register_into("register_providers", registry, Provider)
+        registry.check_option_names(canonical_schema()["properties"])
         return registry
 
     def register_commands(self, cli: click.Group) -> None:
@@ -201,10 +225,15 @@ class Plugins:
         return f"no installed plugin provides the {kind} {name!r} (installed: {available})"
 
 
+def _normalize(name: str) -> str:
+    """PEP 503 normalization: ``modelforge_strategy_DPO`` names ``modelforge-strategy-dpo``."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
 def _split_env(value: str | None) -> set[str] | None:
     if value is None:
         return None
-    return {part.strip() for part in value.split(",") if part.strip()}
+    return {_normalize(part) for part in value.split(",") if part.strip()}
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -230,7 +259,7 @@ def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool
         for ep in _entry_points():
             dist = ep.dist.name if ep.dist else "(unknown distribution)"
             version = ep.dist.version if ep.dist else ""
-            names = {ep.name, dist}
+            names = {_normalize(ep.name), _normalize(dist)}
             if allow is not None and not names & allow:
                 skipped.append(Skipped(ep.name, dist, f"not listed in {LOAD_ENV}"))
                 continue
@@ -246,36 +275,62 @@ def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool
                     f"reinstall it, or skip it with {DISABLE_ENV}={ep.name}"
                 ) from exc
             if pm.get_plugin(ep.name) is not None:
-                raise PluginError(f"two installed plugins use the entry-point name {ep.name!r}")
-            pm.register(plugin, name=ep.name)
+                raise PluginError(f"two installed plugins use the entry-point name {ep.name!r}: "
+                                  f"{infos[ep.name].label()} and {info.label()}")
+            _register(pm, plugin, info)
             infos[ep.name] = info
     for name, plugin in extra:
-        pm.register(plugin, name=name)
-        infos[name] = PluginInfo(name, "(registered directly)", "")
+        info = PluginInfo(name, "(registered directly)", "")
+        if pm.get_plugin(name) is not None:
+            raise PluginError(f"{info.label()}: the name {name!r} is already taken by {infos[name].label()}")
+        _register(pm, plugin, info)
+        infos[name] = info
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"a plugin implements a hook that does not exist: {exc}") from exc
+        culprit = infos.get(pm.get_name(exc.plugin) or "")
+        who = culprit.label() if culprit else "a plugin"
+        raise PluginError(f"{who} implements a hook that does not exist: {exc}; "
+                          f"the hooks are listed in modelforge_core.hookspecs") from exc
     hooks = Hooks(pm, infos)
     registry = hooks.register_components()
     return Plugins(pm, hooks, registry, infos, skipped)
 
 
-_cached: Plugins | None = None
+def _register(pm: pluggy.PluginManager, plugin: object, info: PluginInfo) -> None:
+    try:
+        pm.register(plugin, name=info.name)
+    except pluggy.PluginValidationError as exc:
+        # A known hook with arguments the specification does not have, for example.
+        raise PluginError(f"{info.label()} does not match the hook specification: {exc}") from exc
+    except ValueError as exc:  # the same object registered twice
+        raise PluginError(f"{info.label()} cannot be registered: {exc}") from exc
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                pm.unregister(plugin)
+                raise PluginError(f"{info.label()} implements {caller.name} as a hook wrapper; "
+                                  f"ModelForge hooks take plain implementations only")
+
+
+#: The process-wide plugins (a one-slot holder, filled on first use).
+_current: dict[str, Plugins] = {}
 
 
 def get_plugins() -> Plugins:
     """The process-wide plugins, loaded on first use."""
-    global _cached
-    if _cached is None:
-        _cached = load_plugins()
-    return _cached
+    if "plugins" not in _current:
+        _current["plugins"] = load_plugins()
+    return _current["plugins"]
 
 
 def set_plugins(plugins: Plugins | None) -> None:
-    """Replace the process-wide plugins (tests, embedding applications)."""
-    global _cached
-    _cached = plugins
+    """Replace the process-wide plugins (tests, embedding applications); ``None``: load them
+    again on next use."""
+    if plugins is None:
+        _current.pop("plugins", None)
+    else:
+        _current["plugins"] = plugins
 
 
 def compatible(registry: Registry, task: str, strategy: str, provider: str) -> list[str]:

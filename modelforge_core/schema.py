@@ -4,7 +4,6 @@ translation of JSON Schema errors into messages a person can act on."""
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -16,6 +15,7 @@ from .errors import Problem
 if TYPE_CHECKING:
     from jsonschema import ValidationError
 
+    from .api import Component
     from .plugins import Plugins, Registry
 
 SCHEMA_FILE = "training-config.schema.json"
@@ -24,7 +24,7 @@ COMPONENT_FIELDS = {"task": "task", "strategy": "strategy", "provider": "provide
 
 @lru_cache(maxsize=1)
 def _canonical_text() -> str:
-    return resources.files("modelforge_core").joinpath("data", SCHEMA_FILE).read_text("utf-8")
+    return resources.files("modelforge_core").joinpath("data").joinpath(SCHEMA_FILE).read_text("utf-8")
 
 
 def canonical_schema() -> dict[str, Any]:
@@ -55,8 +55,8 @@ def compatibility_rules(registry: Registry) -> list[dict[str, Any]]:
             "description": f"The {task} task supports the strategies {', '.join(ok_strategies) or 'none'} "
                            f"and the providers {', '.join(ok_providers) or 'none'}.",
             "if": {"properties": {"task": {"const": task}}, "required": ["task"]},
-            "then": {"properties": {"strategy": {"enum": ok_strategies},
-                                    "provider": {"enum": ok_providers}}},
+            "then": {"properties": {"strategy": _one_of_names(ok_strategies),
+                                    "provider": _one_of_names(ok_providers)}},
         })
     for provider in providers:
         ok_strategies = [s for s in strategies if not compatible(registry, "", s, provider)]
@@ -64,9 +64,39 @@ def compatibility_rules(registry: Registry) -> list[dict[str, Any]]:
             "$comment": "compatibility",
             "description": f"The {provider} provider runs the strategies {', '.join(ok_strategies) or 'none'}.",
             "if": {"properties": {"provider": {"const": provider}}, "required": ["provider"]},
-            "then": {"properties": {"strategy": {"enum": ok_strategies}}},
+            "then": {"properties": {"strategy": _one_of_names(ok_strategies)}},
         })
     return rules
+
+
+def _nothing() -> dict[str, Any]:
+    """A schema no value matches. Not ``false``: python-jsonschema reports the error of a
+    ``false`` property schema at the parent object, Ajv at the property; both report
+    ``{"not": {}}`` at the property."""
+    return {"not": {}}
+
+
+def _one_of_names(names: list[str]) -> dict[str, Any]:
+    # An empty "enum" is legal JSON Schema but Ajv refuses to compile it.
+    return {"enum": names} if names else _nothing()
+
+
+def _options_rule(schema: Mapping[str, Any], component: Component) -> dict[str, Any]:
+    """The rule that allows a component's options object only when the component is selected.
+
+    Written as "if the component is not selected, its options object must be absent" so that the
+    error points at the options object (``dpo``), not at the selecting field. An absent
+    selecting field means its default, so the default component's options need no selection.
+    """
+    field = component.kind
+    selected: dict[str, Any] = {"properties": {field: {"const": component.name}}}
+    if schema["properties"][field].get("default") != component.name:
+        selected["required"] = [field]
+    return {
+        "description": f"Options under {component.name!r} apply only when {field} is {component.name!r}.",
+        "if": {"not": selected},
+        "then": {"properties": {component.name: _nothing()}},
+    }
 
 
 def effective_schema(registry: Registry) -> dict[str, Any]:
@@ -76,8 +106,12 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
     object property under its name (allowed only when that component is selected); the
     compatibility rules are derived from the declared capabilities (a test checks that they
     agree with the canonical file for the built-ins); plugins' own rules are appended.
+
+    Its ``$id`` differs from the canonical one (``.../effective.schema.json`` under the same
+    version), so both can be loaded side by side in one validator.
     """
     schema = canonical_schema()
+    schema["$id"] = str(schema["$id"]).rsplit("/", 1)[0] + "/effective.schema.json"
     props = schema["properties"]
     for field, kind in COMPONENT_FIELDS.items():
         canonical_order = props[field]["enum"]
@@ -95,13 +129,7 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
             fragment.setdefault("description", f"Options of the {component.name} {component.kind}.")
             fragment.setdefault("default", {})
             props[component.name] = fragment
-            field = component.kind
-            rules.append({
-                "description": f"Options under {component.name!r} apply only when "
-                               f"{field} is {component.name!r}.",
-                "if": {"required": [component.name]},
-                "then": {"properties": {field: {"const": component.name}}, "required": [field]},
-            })
+            rules.append(_options_rule(schema, component))
         rules.extend(copy.deepcopy(list(component.schema_rules)))
     schema["allOf"] = rules
     schema["description"] += " (Effective schema: the canonical schema plus the installed plugins.)"
@@ -138,7 +166,8 @@ def _property_schema(schema: Mapping[str, Any], path: list[Any]) -> Mapping[str,
 
 
 def _describe(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    # default=str: a value from YAML or the Python API may not be JSON (a date, a set).
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _json_type(value: Any) -> str:
@@ -158,17 +187,21 @@ def _json_type(value: Any) -> str:
 
 
 def _rule_of(error: ValidationError, schema: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``allOf`` rule (an ``if``/``then`` with a description) that ``error`` breaks, if any."""
     parts = list(error.absolute_schema_path)
-    if "then" in parts:
-        index = len(parts) - 1 - parts[::-1].index("then")
-        rule = _subschema(schema, parts[:index])
-        if isinstance(rule, Mapping) and "description" in rule:
-            return rule
+    for keyword in ("then", "else"):
+        if keyword in parts:
+            index = len(parts) - 1 - parts[::-1].index(keyword)
+            rule = _subschema(schema, parts[:index])
+            if isinstance(rule, Mapping) and "description" in rule:
+                return rule
     return None
 
 
-def _suggest(word: str, choices: Iterable[str]) -> str | None:
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+def _suggest(word: Any, choices: Iterable[Any]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return matches[0] if matches else None
 
 
@@ -176,6 +209,8 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
                          instance: Mapping[str, Any], plugins: Plugins | None = None) -> list[Problem]:
     """Turn jsonschema errors into :class:`Problem` objects, one per distinct finding."""
     problems: dict[tuple[str, str], Problem] = {}
+    #: Paths whose value is not a known choice at all: rules about that value are noise there.
+    unknown_choice: set[str] = set()
 
     def add(path: list[Any], message: str, code: str, hint: str | None = None) -> None:
         text = _path_text(path)
@@ -211,10 +246,14 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
                 add([*path, name], f"unknown field {name!r}", "unknown_field", hint_text)
             continue
         if rule is not None:
-            add(path, f"{rule['description']} (got {_describe(error.instance)})", "conflict")
+            got = error.instance
+            scalar = got is None or isinstance(got, (str, int, float, bool))
+            add(path, f"{rule['description']} (got {_describe(got)})" if scalar else str(rule["description"]),
+                "conflict")
             continue
         value = error.instance
         if keyword == "enum":
+            unknown_choice.add(_path_text(path))
             field = path[-1] if path else None
             if plugins is not None and len(path) == 1 and field in COMPONENT_FIELDS and isinstance(value, str):
                 kind = COMPONENT_FIELDS[field]
@@ -251,7 +290,8 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
             add(path, f"must be {_describe(error.validator_value)}, got {_describe(value)}", "const", hint)
         else:
             add(path, error.message, keyword or "invalid", hint)
-    return sorted(problems.values(), key=lambda p: (p.path, p.message))
+    found = [p for p in problems.values() if not (p.code == "conflict" and p.path in unknown_choice)]
+    return sorted(found, key=lambda p: (p.path, p.message))
 
 
 def _unknown_component_options(name: str, plugins: Plugins) -> str | None:

@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "validate": "validate:validate",
     "schema": "schema_cmd:schema",
     "plugins": "plugins_cmd:plugins",
+    "train": "train:train",
+    "demo": "demo:demo",
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError, ValidationFailed
+from ..errors import ConfigError, UsageError, ValidationFailed
 from .output import dump_json, print_problems, print_resolved, problems_json
 
 
@@ -49,6 +49,12 @@ def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_dat
             dump_json({"valid": False, "file": str(config), "error_count": 1, "errors": [
                 {"path": "(root)", "message": str(exc), "code": "parse", "file": exc.file,
                  "line": exc.line, "column": exc.column}]})
+            raise SystemExit(2) from None
+        raise
+    except UsageError as exc:
+        if as_json:  # a frontend reads stdout: keep it JSON for a bad --set too
+            dump_json({"valid": False, "file": str(config), "error_count": 1, "errors": [
+                {"path": "(root)", "message": str(exc), "code": "usage", "file": "--set"}]})
             raise SystemExit(2) from None
         raise
     if as_json:

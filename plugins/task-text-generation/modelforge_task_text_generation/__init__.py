@@ -132,9 +132,11 @@ class TextGeneration(Task):
 
         return build_dataset(self, rows, shape=shape, tokenizer=tokenizer, config=config)
 
-    def evaluate(self, loaded: LoadedModel, rows: Sequence[Mapping[str, Any]], *,
-                 config: Mapping[str, Any]) -> dict[str, float]:
-        return {}
+    def predict(self, loaded: LoadedModel, inputs: Mapping[str, Any], *, config: Mapping[str, Any],
+                **generation: Any) -> str:
+        from .formatting import generate_answer
+
+        return generate_answer(self, loaded, inputs, **generation)
 
 
 @hookimpl

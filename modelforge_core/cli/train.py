@@ -1,0 +1,60 @@
+"""``modelforge train``: fine-tune from a config, or resume an interrupted run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+from .output import dump_json
+
+
+@click.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a field (repeatable).")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the interrupted run in this folder from its last checkpoint.")
+@click.option("--json", "as_json", is_flag=True,
+              help="End with one JSON object holding run_dir, status and metrics (on stdout).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, as_json: bool,
+          quiet: bool) -> None:
+    """Fine-tune a model as CONFIG describes; the run folder is printed at the end.
+
+    The dataset is checked row by row before any model is loaded. Ctrl-C (or SIGTERM) saves a
+    checkpoint and stops; `modelforge train --resume RUN_DIR` continues from it.
+    """
+    from ..config import load_document, parse_overrides, resolve_config
+    from ..orchestrate import train as run_training
+    from ..plugins import get_plugins
+    from ..runs import RunDir
+    from ..schema import effective_schema
+    from ..training import Display
+
+    plugins = get_plugins()
+    schema = effective_schema(plugins.registry)
+    if resume is not None:
+        if config is not None or overrides:
+            raise UsageError("--resume takes the config saved in the run folder: give no CONFIG or --set")
+        saved = RunDir.open(resume).config()
+        resolved = resolve_config(saved, plugins=plugins, base_dir=resume)
+        resolved.sources.update({k: "run" for k in resolved.sources})
+    else:
+        if config is None:
+            raise UsageError("give a CONFIG file, or --resume RUN_DIR")
+        resolved = resolve_config(load_document(config), overrides=parse_overrides(overrides, schema),
+                                  plugins=plugins)
+    outcome = run_training(resolved, plugins=plugins, resume=resume, display=Display(enabled=not quiet))
+    if as_json:
+        dump_json({"run_dir": str(outcome.run_dir), "status": outcome.status, "metrics": outcome.metrics})
+        return
+    click.secho(f"finished: {outcome.run_dir}", fg="green", bold=True)
+    before, after = outcome.metrics.get("before", {}), outcome.metrics.get("after", {})
+    for key in sorted(set(before) | set(after)):
+        if key.endswith(("_runtime", "_per_second")):
+            continue
+        old = f"{before[key]:.4g}" if key in before else "-"
+        new = f"{after[key]:.4g}" if key in after else "-"
+        click.echo(f"  {key:<28} {old:>10} -> {new}")
+    click.echo(f"  adapter: {outcome.run_dir / 'adapter'}")

@@ -1,0 +1,257 @@
+"""The orchestrating core of ``modelforge train``: plugins from the config, data checked
+before anything heavy loads, a seeded split, the run folder, the strategy, metrics, status."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob
+from .config import ResolvedConfig
+from .data import Dataset, check_dataset
+from .errors import ModelForgeError, Problem, RunError, ValidationFailed
+from .plugins import Plugins, get_plugins
+from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
+from .schema import schema_version
+from .training import Display, Interrupted, StopFlag, catch_interruptions, make_run_callback
+
+LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "unsloth")
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    status: str
+    metrics: dict[str, Any]
+
+
+def fingerprint_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(partial(handle.read, 1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def split_rows(rows: Sequence[Mapping[str, Any]], eval_split: float, seed: int,
+               file: str) -> tuple[list[int], list[int]]:
+    """Seeded train/eval split of row indices; identical on every process."""
+    indices = list(range(len(rows)))
+    random.Random(seed).shuffle(indices)
+    n_eval = round(len(rows) * eval_split)
+    if eval_split > 0 and n_eval == 0 and len(rows) >= 2:
+        n_eval = 1
+    if n_eval >= len(rows):
+        raise ValidationFailed([Problem(
+            "eval_split", f"the dataset has {len(rows)} row(s): eval_split {eval_split} leaves none for training",
+            code="too_small", file=file)], subject="dataset")
+    return sorted(indices[n_eval:]), sorted(indices[:n_eval])
+
+
+def read_model_config(model_name: str) -> dict[str, Any] | None:
+    path = Path(model_name) / "config.json"
+    if path.is_file():
+        try:
+            return dict(json.loads(path.read_text("utf-8")))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def set_offline_environment(model_name: str) -> None:
+    """No telemetry ever; fully offline when the model is a local folder."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if Path(model_name).exists():
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def build_manifest(config: Mapping[str, Any], plugins: Plugins, data: Dataset, hardware: Any,
+                   split: tuple[list[int], list[int]], processes: int, head: str) -> dict[str, Any]:
+    components = {}
+    for kind in ("task", "strategy", "provider"):
+        component = plugins.registry.of_kind(kind)[config[kind]]
+        owner = plugins.registry.owner_of(component)
+        components[kind] = {"name": component.name, "distribution": owner.distribution, "version": owner.version}
+    effective = config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] * processes
+    return {
+        "modelforge_core": __version__,
+        "schema_version": schema_version(),
+        "components": components,
+        "head": head,
+        "libraries": library_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hardware": {"device": hardware.device, "name": hardware.name, "bf16": hardware.bf16,
+                     "fp16": hardware.fp16, "cpu_count": os.cpu_count(), "processes": processes},
+        "data": {"file": data.file, "fingerprint": fingerprint_file(data.file), "rows": len(data.rows),
+                 "train_rows": len(split[0]), "eval_rows": len(split[1]), "shape": data.shape},
+        "seed": config["seed"],
+        "effective_batch_size": effective,
+        "trust_remote_code": bool(config.get("trust_remote_code")),
+        "allow_pickle_weights": bool(config.get("allow_pickle_weights")),
+        "command": sys.argv,
+        "created_at": now_iso(),
+    }
+
+
+def _process_count() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Path | None = None,
+          display: Display | None = None, runs_root: Path | None = None) -> TrainOutcome:
+    """Run a whole training from a resolved config, or resume the run in ``resume``."""
+    plugins = plugins or get_plugins()
+    display = display or Display()
+    registry = plugins.registry
+    task = registry.tasks[config["task"]]
+    strategy = registry.strategies[config["strategy"]]
+    provider = registry.providers[config["provider"]]
+    for component in (task, strategy, provider):
+        message = component.check_environment()
+        if message:
+            from .errors import EnvironmentProblem
+
+            raise EnvironmentProblem(message)
+    data = check_dataset(config, plugins=plugins)
+    split = split_rows(data.rows, config["eval_split"], config["seed"], data.file)
+    set_offline_environment(config["model_name"])
+
+    from .training import check_precision, detect_hardware
+
+    hardware = detect_hardware()
+    check_precision(config, hardware)
+    main_process = _is_main_process()
+    head = task.choose_head(config.data, read_model_config(config["model_name"]))
+    previous_before: dict[str, float] = {}
+    if resume is not None:
+        run = RunDir.open(resume)
+        status = run.status().get("status")
+        if status == "finished":
+            raise RunError(f"{resume} finished already: nothing to resume")
+        checkpoint = run.last_checkpoint()
+        if checkpoint is None:
+            raise RunError(f"{resume} has no complete checkpoint to resume from; start a new run instead")
+        manifest = run.read_json(MANIFEST_FILE)
+        if manifest["data"]["fingerprint"] != fingerprint_file(data.file):
+            raise RunError(f"the dataset {data.file} changed since {resume} started: resuming would train "
+                           "on different data; start a new run instead")
+        if run.file(METRICS_FILE).is_file():
+            previous_before = dict(run.read_json(METRICS_FILE).get("before", {}))
+        display.message(f"resuming {run.path} from {checkpoint.name}")
+    else:
+        checkpoint = None
+        run = _create_run(config, runs_root, main_process)
+        if main_process:
+            run.write_json(CONFIG_FILE, {**config.to_json(), "schema_version": schema_version()})
+            run.write_json(MANIFEST_FILE, build_manifest(config, plugins, data, hardware, split,
+                                                         _process_count(), head))
+    info = RunInfo(run.name, run.path, config.data, main_process)
+    if main_process:
+        run.set_status("running", global_step=0, resumed_from=checkpoint.name if checkpoint else None)
+        plugins.hooks.on_run_start(info)
+    flag = StopFlag()
+    stage_metrics: dict[str, Any] = {"before": previous_before} if previous_before else {}
+
+    def report(stage: str, metrics: Mapping[str, float]) -> None:
+        if not main_process:
+            return
+        stage_metrics[stage] = dict(metrics)
+        run.write_json(METRICS_FILE, stage_metrics)
+        run.append_log({"stage": stage, **metrics})
+        plugins.hooks.on_evaluate(info, stage, metrics)
+        display.message(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    def load_model(head: str, **kwargs: Any) -> LoadedModel:
+        request = LoadRequest(model_name=kwargs.pop("model_name", config["model_name"]), head=head,
+                              config=config.data, **kwargs)
+        return provider.load(request)
+
+    def save(loaded: LoadedModel, name: str) -> Path:
+        if not main_process:
+            return run.path / name
+        return run.save_directory(name, lambda tmp: provider.save_adapter(loaded, tmp))
+
+    def trainer_arguments(**kwargs: Any) -> dict[str, Any]:
+        from .training import trainer_arguments as build
+
+        return build(config.data, output_dir=str(run.checkpoints), logging_dir=str(run.path / TENSORBOARD_DIR),
+                     **kwargs)
+
+    job = TrainingJob(
+        config=config.data, task=task, provider=provider, run=info,
+        train_rows=[data.rows[i] for i in split[0]], eval_rows=[data.rows[i] for i in split[1]],
+        shape=data.shape, load_model=load_model, trainer_arguments=trainer_arguments,
+        callbacks=[make_run_callback(run, info, plugins.hooks, display, flag)], head=head,
+        resume_from=checkpoint, save=save, report=report, say=display.message,
+        stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
+    )
+    display.message(f"run folder: {run.path}")
+    try:
+        with catch_interruptions(flag):
+            result = strategy.train(job)
+    except Interrupted as exc:
+        if main_process:
+            run.set_status("interrupted", error=None, note=str(exc), signal=flag.signal_name)
+            plugins.hooks.on_run_end(info, "interrupted", {}, None)
+        raise
+    except KeyboardInterrupt:
+        if main_process:
+            run.set_status("interrupted", note="stopped at once by a second interrupt")
+            plugins.hooks.on_run_end(info, "interrupted", {}, None)
+        raise
+    except BaseException as exc:
+        if main_process:
+            message = str(exc) if isinstance(exc, ModelForgeError) else f"{type(exc).__name__}: {exc}"
+            (run.path / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            run.set_status("failed", error=message)
+            plugins.hooks.on_run_end(info, "failed", {}, message)
+        raise
+    metrics = {"before": result.metrics_before, "after": result.metrics_after,
+               "global_step": result.global_step, **result.extra}
+    if main_process:
+        run.write_json(METRICS_FILE, metrics)
+        run.set_status("finished", global_step=result.global_step, finished_at=now_iso())
+        plugins.hooks.on_run_end(info, "finished", metrics, None)
+    return TrainOutcome(run.path, "finished", metrics)
+
+
+def _create_run(config: Mapping[str, Any], root: Path | None, main_process: bool) -> RunDir:
+    if main_process:
+        run = RunDir.create(config, root=root)
+        os.environ["MODELFORGE_RUN_DIR"] = str(run.path)
+        return run
+    # Other ranks use the folder the main process created (passed by the launcher env).
+    shared = os.environ.get("MODELFORGE_RUN_DIR")
+    if not shared:
+        raise RunError("MODELFORGE_RUN_DIR is not set on a non-main process")
+    return RunDir(Path(shared))
