@@ -59,12 +59,14 @@ def compatibility_rules(registry: Registry) -> list[dict[str, Any]]:
                                     "provider": _one_of_names(ok_providers)}},
         })
     for provider in providers:
+        ok_tasks = [t for t in tasks if not compatible(registry, t, "", provider)]
         ok_strategies = [s for s in strategies if not compatible(registry, "", s, provider)]
         rules.append({
             "$comment": "compatibility",
-            "description": f"The {provider} provider runs the strategies {', '.join(ok_strategies) or 'none'}.",
+            "description": f"The {provider} provider supports the tasks {', '.join(ok_tasks) or 'none'} "
+                           f"and runs the strategies {', '.join(ok_strategies) or 'none'}.",
             "if": {"properties": {"provider": {"const": provider}}, "required": ["provider"]},
-            "then": {"properties": {"strategy": _one_of_names(ok_strategies)}},
+            "then": {"properties": {"task": _one_of_names(ok_tasks), "strategy": _one_of_names(ok_strategies)}},
         })
     return rules
 
@@ -271,7 +273,8 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
         elif keyword == "type":
             expected = error.validator_value
             expected_text = " or ".join(expected) if isinstance(expected, list) else expected
-            add(path, f"expected {expected_text}, got {_json_type(value)} {_describe(value)}", "type", hint)
+            got = "null" if value is None else f"{_json_type(value)} {_describe(value)}"
+            add(path, f"expected {expected_text}, got {got}", "type", hint)
         elif keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             words = {"minimum": "below the minimum of", "maximum": "above the maximum of",
                      "exclusiveMinimum": "must be greater than", "exclusiveMaximum": "must be less than"}
@@ -290,7 +293,10 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
             add(path, f"must be {_describe(error.validator_value)}, got {_describe(value)}", "const", hint)
         else:
             add(path, error.message, keyword or "invalid", hint)
-    found = [p for p in problems.values() if not (p.code == "conflict" and p.path in unknown_choice)]
+    wrong_type = {p.path for p in problems.values() if p.code == "type"}
+    found = [p for p in problems.values()
+             if not (p.code == "conflict" and p.path in unknown_choice)
+             and not (p.code == "enum" and p.path in wrong_type)]  # "not a string" says it all
     return sorted(found, key=lambda p: (p.path, p.message))
 
 
