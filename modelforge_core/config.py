@@ -150,8 +150,8 @@ def _load_yaml(text: str, shown: str) -> Document:
                                       column=key_node.start_mark.column + 1)
                 key = str(key_node.value)
                 if key in seen:
-                    raise ConfigError(f"duplicate key {key!r}", file=shown,
-                                      line=key_node.start_mark.line + 1)
+                    raise ConfigError(f"duplicate key {key!r}", file=shown, line=key_node.start_mark.line + 1,
+                                      column=key_node.start_mark.column + 1)
                 seen.add(key)
                 child = (*path, key)
                 record(value_node, child)
