@@ -45,6 +45,12 @@ def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 @pytest.fixture
+def clean_env() -> dict[str, str]:
+    """The environment for a subprocess, without MODELFORGE_LOAD_PLUGINS / _DISABLE_PLUGINS."""
+    return clean_environment()
+
+
+@pytest.fixture
 def modelforge() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the installed ``modelforge`` console script in a subprocess:
     ``modelforge("validate", path, cwd=tmp_path, extra_env={...})``."""
