@@ -109,17 +109,22 @@ def detect_hardware() -> Hardware:
 
 
 def check_precision(config: Mapping[str, Any], hardware: Hardware) -> None:
-    """Refuse fp16/bf16 where the hardware cannot train with them, in one sentence."""
-    if config.get("fp16") and not hardware.fp16:
-        raise EnvironmentProblem(
-            f"fp16 mixed precision needs a GPU, and this machine trains on the {hardware.name}: "
-            "set fp16 to false (or bf16 to true, which the CPU supports)"
-        )
-    if config.get("bf16") and not hardware.bf16:
-        raise EnvironmentProblem(
-            f"bf16 is not supported by {hardware.name} (it needs an Ampere or newer GPU): "
-            "set bf16 to false and fp16 to true"
-        )
+    """Refuse what the hardware cannot run, one sentence each: fp16/bf16 without support,
+    4-bit/8-bit where bitsandbytes cannot run, unsloth on Apple MPS.
+
+    First, when the config's profile leaves precision to the hardware (``"precision": "auto"``
+    and the user set neither fp16 nor bf16), choose it for this hardware: a resolved config is
+    updated in place, with the profile as the source (see ``hardware.apply_auto_precision``).
+    """
+    from .hardware import apply_auto_precision, bitsandbytes_status, cuda_bf16_native, precision_problems
+
+    bf16 = hardware.bf16 and (hardware.device != "cuda" or cuda_bf16_native())
+    apply_auto_precision(config, hardware.device, bf16)
+    quantized = config.get("use_4bit") or config.get("use_8bit")
+    problems = precision_problems(config, device=hardware.device, device_name=hardware.name, fp16=hardware.fp16,
+                                  bf16=bf16, bitsandbytes=bitsandbytes_status(hardware.device) if quantized else None)
+    if problems:
+        raise EnvironmentProblem("\n".join(problems))
 
 
 # --- trainer arguments ---------------------------------------------------------------------
@@ -173,7 +178,12 @@ def trainer_arguments(config: Mapping[str, Any], *, output_dir: str, logging_dir
         "save_only_model": False,
         "remove_unused_columns": True,
     }
-    if config["gradient_checkpointing"]:
+    if "activation_checkpointing" in fields:
+        # transformers 5.2x renamed gradient_checkpointing; 5.17 knows only the old name.
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+        if config["gradient_checkpointing"]:
+            kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    elif config["gradient_checkpointing"]:
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if "train_sampling_strategy" in fields:
         kwargs["train_sampling_strategy"] = "group_by_length" if config["group_by_length"] else "random"
