@@ -416,9 +416,26 @@ def document_problems(problems: list[Problem], document: Document | None) -> lis
     return sorted(out, key=lambda p: (p.line or 0, p.path))
 
 
+def root_problems(values: Mapping[str, Any], root: Path) -> list[Problem]:
+    """Paths that escape ``root`` (a frontend's ``--data-root``), symlinks resolved."""
+    problems = []
+    allowed = root.resolve()
+    for key in (*PATH_FIELDS, MODEL_FIELD):
+        value = values.get(key)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if key == MODEL_FIELD and not Path(value).is_absolute():
+            continue  # a hub ID, not a path
+        resolved = Path(value).resolve()
+        if resolved != allowed and allowed not in resolved.parents:
+            problems.append(Problem(key, f"{value} is outside the allowed data root {allowed}", code="outside_root",
+                                    hint="only files under --data-root can be used"))
+    return problems
+
+
 def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
                    plugins: Plugins | None = None, base_dir: Path | None = None,
-                   check_environment: bool = True) -> ResolvedConfig:
+                   check_environment: bool = True, data_root: Path | None = None) -> ResolvedConfig:
     """Validate the user's config (file + overrides) and resolve it with defaults and profile.
 
     Raises :class:`ValidationFailed` with every problem found.
@@ -447,6 +464,8 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
         if _in_overrides(overrides, p.extra.get("json_path", [])) else p
         for p in document_problems(validate_instance(user, schema, plugins), source_document)
     ]
+    if data_root is not None:
+        problems += root_problems(user, data_root)
     if not problems:
         problems = _environment_problems(user, plugins) if check_environment else []
     if problems:
