@@ -242,22 +242,41 @@ import json, sys
 import click
 from modelforge_core.cli import main
 
+heavy = json.loads(sys.argv[2])
+report = {}
 for args in json.loads(sys.argv[1]):
     try:
         main(args, prog_name="modelforge", obj={}, standalone_mode=False)
     except (SystemExit, click.exceptions.Exit):
         pass
-print(json.dumps(sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)))
+    # Modules accumulate: the first command that imports a heavy library is the one named.
+    report[" ".join(args)] = sorted(m for m in heavy if m in sys.modules)
+print(json.dumps(report))
 """
 
+LIGHT_COMMANDS = [["--help"], ["validate", "--help"], ["validate", "{config}"],
+                  ["validate", "{config}", "--resolved", "--json"], ["schema"], ["schema", "--canonical"],
+                  ["plugins"], ["plugins", "--json"]]
 
-@pytest.mark.parametrize("args", [
-    ["--help"], ["validate", "{config}"], ["validate", "{config}", "--resolved", "--json"], ["schema"],
-    ["schema", "--canonical"], ["plugins"], ["plugins", "--json"], ["validate", "--help"],
-], ids=lambda args: " ".join(a for a in args if a != "{config}"))
-def test_light_commands_import_no_heavy_library(args: list[str], valid_config: Path,
-                                                clean_env: dict[str, str]) -> None:
-    argv = [[a.format(config=valid_config) for a in args]]
+
+def test_light_commands_import_no_heavy_library(valid_config: Path, clean_env: dict[str, str]) -> None:
+    """One process runs every light command in turn (as the tests of a frontend would) and
+    reports, after each, which heavy libraries are loaded: none, ever."""
+    argv = [[a.format(config=valid_config) for a in args] for args in LIGHT_COMMANDS]
     result = subprocess.run([sys.executable, "-c", IMPORT_PROBE, json.dumps(argv), json.dumps(HEAVY)],
                             capture_output=True, text=True, check=True, timeout=120, env=clean_env)
-    assert json.loads(result.stdout.splitlines()[-1]) == []
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert len(report) == len(LIGHT_COMMANDS)
+    assert report == {command: [] for command in report}
+
+
+def test_the_probe_would_notice_a_heavy_import(clean_env: dict[str, str]) -> None:
+    # "wave" stands in for torch: a module nothing on the light path imports.
+    probe = IMPORT_PROBE.replace("from modelforge_core.cli import main",
+                                 "from modelforge_core.cli import main\nimport wave")
+    result = subprocess.run([sys.executable, "-c", probe, json.dumps([["--version"]]), json.dumps(["wave"])],
+                            capture_output=True, text=True, check=True, timeout=120, env=clean_env)
+    assert json.loads(result.stdout.splitlines()[-1]) == {"--version": ["wave"]}
+    clean = subprocess.run([sys.executable, "-c", IMPORT_PROBE, json.dumps([["--version"]]), json.dumps(["wave"])],
+                           capture_output=True, text=True, check=True, timeout=120, env=clean_env)
+    assert json.loads(clean.stdout.splitlines()[-1]) == {"--version": []}
