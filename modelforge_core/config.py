@@ -160,7 +160,10 @@ def _load_yaml(text: str, shown: str) -> Document:
             for index, item in enumerate(node.value):
                 record(item, (*path, index))
 
-    loader = _yaml_loader()(text)
+    try:
+        loader = _yaml_loader()(text)  # the reader rejects control characters right away
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}".replace("\n", " "), file=shown) from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -56,6 +56,7 @@ def test_sft_eval_loss_falls_and_run_folder_is_complete(trained_io: Any) -> None
     assert manifest["data"]["fingerprint"].startswith("sha256:")
     assert manifest["libraries"]["transformers"] and manifest["head"] == "causal-lm"
     assert manifest["effective_batch_size"] == 4
+    assert manifest["trust_remote_code"] is False and manifest["allow_pickle_weights"] is False
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert any("loss" in rec for rec in log) and any(rec.get("stage") == "after" for rec in log)
     assert list((run / "logs").rglob("events.out.tfevents.*")), "TensorBoard events are written"
