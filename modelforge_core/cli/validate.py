@@ -17,8 +17,10 @@ from .output import dump_json, print_problems, print_resolved, problems_json
 @click.option("--resolved", is_flag=True, help="Print the full resolved config with each value's source.")
 @click.option("--data", "check_data", is_flag=True, help="Also check the dataset row by row.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for frontends).")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Refuse any dataset, model or output path outside this folder (for frontends).")
 def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_data: bool,
-             as_json: bool) -> None:
+             as_json: bool, data_root: Path | None = None) -> None:
     """Check CONFIG against the schema and the installed plugins.
 
     Reports every problem at once, each with its JSON path and line. Exit code 0 when valid,
@@ -32,7 +34,7 @@ def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_dat
     try:
         document = load_document(config)
         parsed = parse_overrides(overrides, effective_schema(plugins.registry))
-        result = resolve_config(document, overrides=parsed, plugins=plugins)
+        result = resolve_config(document, overrides=parsed, plugins=plugins, data_root=data_root)
         data_summary = None
         if check_data:
             from ..data import check_dataset
