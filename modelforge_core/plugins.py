@@ -217,7 +217,7 @@ class Plugins:
         """A sentence saying why no ``kind`` called ``name`` is available."""
         dist = BUILTIN_DISTRIBUTIONS.get((kind, name))
         for skipped in self.skipped:
-            if dist and skipped.distribution == dist:
+            if dist and _normalize(skipped.distribution) == _normalize(dist):
                 return f"{kind} {name!r} comes from {dist}, which is installed but {skipped.reason}"
         if dist:
             return f"{kind} {name!r} is provided by {dist}, which is not installed (pip install {dist})"
