@@ -7,9 +7,9 @@ the two in step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,12 +101,15 @@ CONFIG_CASES = [
 DATA_CASES = [
     data_case("data-missing-file", "", ["dataset file not found"], dataset="missing.jsonl"),
     data_case("data-empty-file", "", ["the dataset file is empty"]),
-    data_case("data-not-utf8", GOOD_ROW.encode() + b'{"input": "\xff", "output": "x"}\n', ["data.jsonl:2", "not UTF-8"]),
+    data_case("data-not-utf8", GOOD_ROW.encode() + b'{"input": "\xff", "output": "x"}\n',
+              ["data.jsonl:2", "not UTF-8"]),
     data_case("data-malformed-json", GOOD_ROW + '{"input": "a", "output": }\n', ["data.jsonl:2", "invalid JSON"]),
     data_case("data-row-not-object", GOOD_ROW + '["a", "b"]\n', ["data.jsonl:2", "must be a JSON object"]),
     data_case("data-missing-field", GOOD_ROW + '{"input": "a"}\n', ["data.jsonl:2", "output: missing field"]),
-    data_case("data-wrong-type", GOOD_ROW + '{"input": "a", "output": 5}\n', ["data.jsonl:2", "output: expected a string"]),
-    data_case("data-empty-target", GOOD_ROW + '{"input": "a", "output": "  "}\n', ["data.jsonl:2", "output: must not be empty"]),
+    data_case("data-wrong-type", GOOD_ROW + '{"input": "a", "output": 5}\n',
+              ["data.jsonl:2", "output: expected a string"]),
+    data_case("data-empty-target", GOOD_ROW + '{"input": "a", "output": "  "}\n',
+              ["data.jsonl:2", "output: must not be empty"]),
     data_case("data-unknown-shape", GOOD_ROW + '{"question": "a", "answer": "b"}\n', ["data.jsonl:2", "match no"]),
     data_case("data-chat-last-not-assistant",
               GOOD_ROW + '{"messages": [{"role": "user", "content": "hi"}]}\n', ["data.jsonl:2", "assistant"]),
@@ -198,10 +201,8 @@ KEYS = st.sampled_from(["task", "model_name", "dataset", "compute_specs", "strat
 def test_generated_configs_raise_only_our_errors(builtin_plugins: Any, data: Any) -> None:
     from modelforge_core.config import resolve_config
 
-    try:
+    with contextlib.suppress(ModelForgeError):
         resolve_config(data if isinstance(data, dict) else {"value": data}, plugins=builtin_plugins)
-    except ModelForgeError:
-        pass
 
 
 ROW_VALUES = st.dictionaries(
@@ -223,10 +224,8 @@ def test_generated_rows_raise_only_our_errors(builtin_plugins: Any, tmp_path_fac
 
     path = tmp_path_factory.mktemp("rows") / "data.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    try:
+    with contextlib.suppress(ModelForgeError):
         check_dataset({"task": task, "strategy": strategy, "dataset": str(path)}, plugins=builtin_plugins)
-    except ModelForgeError:
-        pass
 
 
 @settings(max_examples=100, deadline=None)
@@ -240,7 +239,5 @@ def test_arbitrary_config_bytes_raise_only_our_errors(content: bytes) -> None:
         for name in ("c.json", "c.yaml"):
             path = Path(folder) / name
             path.write_bytes(content)
-            try:
+            with contextlib.suppress(ModelForgeError):
                 load_document(path)
-            except ModelForgeError:
-                pass

@@ -687,7 +687,7 @@ def pretrain_causal_lm(model_dir: str | Path, *, corpus: Iterable[str] | None = 
     texts = list(corpus if corpus is not None else DEFAULT_CORPUS)
     questions = [line for line in texts if line.endswith("?")]
     answers = [line for line in texts if not line.endswith("?")]
-    for question, answer in zip(questions, answers):
+    for question, answer in zip(questions, answers, strict=False):
         texts.append(tokenizer.apply_chat_template(
             [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False))
     pad_id = tokenizer.eos_token_id

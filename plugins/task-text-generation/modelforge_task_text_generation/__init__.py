@@ -80,7 +80,7 @@ class TextGeneration(Task):
             return "preference"
         if "messages" in row:
             return "messages"
-        if "completion" in row or "prompt" in row and "output" not in row:
+        if "completion" in row or ("prompt" in row and "output" not in row):
             return "prompt_completion"
         return "io"
 

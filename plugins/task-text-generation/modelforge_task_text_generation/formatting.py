@@ -30,7 +30,8 @@ def to_messages(row: Mapping[str, Any], fmt: str) -> tuple[list[dict[str, str]],
     if fmt == "prompt_completion":
         prompt, completion = row["prompt"], row["completion"]
         prompt_messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        completion_messages = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        completion_messages = (completion if isinstance(completion, list)
+                               else [{"role": "assistant", "content": completion}])
         return list(prompt_messages), list(completion_messages)
     prompt_messages = []
     if row.get("system"):
