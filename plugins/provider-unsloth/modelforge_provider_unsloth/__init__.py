@@ -1,17 +1,18 @@
 """The unsloth provider: ``FastLanguageModel`` with unsloth's own LoRA and checkpointing.
 
 unsloth patches transformers and TRL for the whole process when it is imported, so it is
-imported only inside :meth:`UnslothProvider.load`, never when plugins are registered.
+imported only when a run uses this provider: at the start of that run (``on_run_start``,
+before the core imports transformers, as unsloth asks) or, outside a run, when a model loads.
+Never when plugins are registered or a config is validated.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import ClassVar
 
 from modelforge_core import hookimpl
-from modelforge_core.api import LoadedModel, LoadRequest, Provider
+from modelforge_core.api import LoadedModel, LoadRequest, Provider, RunInfo
 
 
 class UnslothProvider(Provider):
@@ -22,11 +23,10 @@ class UnslothProvider(Provider):
     strategies: ClassVar[frozenset[str] | None] = frozenset({"sft", "qlora", "dpo"})
 
     def check_environment(self) -> str | None:
-        if importlib.util.find_spec("unsloth") is None:
-            return ("the unsloth provider needs the unsloth package, which is not installed in this "
-                    "Python environment: run `make unsloth-env` and use .venv-unsloth/bin/modelforge, "
-                    "or set provider to huggingface")
-        return None
+        # Package metadata only: validation must not pay for (or suffer) importing unsloth.
+        from .environment import unsloth_problem
+
+        return unsloth_problem()
 
     def load(self, request: LoadRequest) -> LoadedModel:
         from .loading import load
@@ -37,3 +37,23 @@ class UnslothProvider(Provider):
 @hookimpl
 def register_providers(register: Callable[[Provider], None]) -> None:
     register(UnslothProvider())
+
+
+@hookimpl
+def on_run_start(run: RunInfo) -> None:
+    """Import unsloth before the core imports transformers, peft and trl for this run.
+
+    unsloth applies all its optimizations only when it comes first (it warns otherwise), and
+    this hook is the earliest point of a run at which nothing is loaded yet. A failure is left
+    to :meth:`UnslothProvider.load`, which reports it as the run's error.
+    """
+    if run.config.get("provider") != UnslothProvider.name:
+        return
+    from modelforge_core.errors import EnvironmentProblem
+
+    from .environment import import_unsloth
+
+    try:
+        import_unsloth()
+    except EnvironmentProblem:
+        return
