@@ -453,10 +453,24 @@ def run_supervised(job: TrainingJob, **extra_arguments: Any) -> TrainResult:
     quiet_libraries()
     loaded = job.load_model(job.head)
     tokenizer, model = loaded.tokenizer, loaded.model
-    train_ds = job.task.build_dataset(job.train_rows, shape=job.shape, tokenizer=tokenizer,
-                                      config=job.config, head=job.head)
-    eval_ds = (job.task.build_dataset(job.eval_rows, shape=job.shape, tokenizer=tokenizer,
-                                      config=job.config, head=job.head) if job.eval_rows else None)
+    if job.head == "causal-lm":
+        # Tokenized as TRL would, and cached: unchanged data, tokenizer and template skip
+        # formatting and tokenization on the next run (modelforge_core/datacache.py).
+        from .datacache import cached_sft_dataset
+
+        def prepared(rows: Sequence[Mapping[str, Any]]) -> Any:
+            return cached_sft_dataset(
+                rows, tokenizer, job.config, shape=job.shape, formatter=type(job.task).__module__, say=job.say,
+                build=lambda: job.task.build_dataset(rows, shape=job.shape, tokenizer=tokenizer,
+                                                     config=job.config, head=job.head))
+
+        train_ds = prepared(job.train_rows)
+        eval_ds = prepared(job.eval_rows) if job.eval_rows else None
+    else:
+        train_ds = job.task.build_dataset(job.train_rows, shape=job.shape, tokenizer=tokenizer,
+                                          config=job.config, head=job.head)
+        eval_ds = (job.task.build_dataset(job.eval_rows, shape=job.shape, tokenizer=tokenizer,
+                                          config=job.config, head=job.head) if job.eval_rows else None)
     if job.head == "causal-lm":
         from trl import SFTConfig, SFTTrainer
 
