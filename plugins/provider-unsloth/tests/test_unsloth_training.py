@@ -2,7 +2,7 @@
 
 Runs in ``.venv-unsloth`` only (``make test-unsloth``; see conftest.py). sft goes through the
 real ``modelforge train --json`` in a fresh process, the way users run it; qlora (a 4-bit base,
-unsloth's gradient checkpointing) goes through the API in this process. Both adapters are then
+unsloth's gradient checkpointing) and dpo go through the API in this process. Both adapters are then
 loaded with plain peft by the MAIN ``.venv`` Python, which has no unsloth at all: the result of
 an unsloth training must be usable without unsloth.
 """
@@ -100,6 +100,20 @@ def qlora_run(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
+def dpo_run(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """dpo on preference pairs through the API: the dpo strategy, unchanged, on unsloth's model."""
+    from modelforge_core.config import resolve_config
+    from modelforge_core.orchestrate import train
+    from modelforge_core.testing.datasets import preference_rows, write_jsonl
+    from modelforge_core.training import Display
+
+    root = tmp_path_factory.mktemp("unsloth-dpo")
+    data = write_jsonl(root / "pairs.jsonl", preference_rows())
+    config = _unsloth_config(tiny_causal_lm, data, strategy="dpo", num_train_epochs=2, learning_rate=1e-3)
+    return train(resolve_config(config, base_dir=root), display=Display(enabled=False), runs_root=root / "runs")
+
+
+@pytest.fixture(scope="module")
 def reloaded(sft_cli: tuple[dict[str, Any], str], qlora_run: Any, tiny_causal_lm: Path) -> dict[str, Any]:
     """Both adapters loaded by plain peft in the main ``.venv`` (one process for both)."""
     assert MAIN_PYTHON.exists(), f"{MAIN_PYTHON} is missing: run `make setup` (the main environment)"
@@ -138,6 +152,14 @@ def test_qlora_trains_a_4bit_base(qlora_run: Any) -> None:
     log = [json.loads(line) for line in (qlora_run.run_dir / "log.jsonl").read_text().splitlines()]
     losses = [record["loss"] for record in log if "loss" in record]
     assert losses[-1] < losses[0]
+
+
+def test_dpo_runs_unchanged_on_the_unsloth_model(dpo_run: Any) -> None:
+    before, after = dpo_run.metrics["before"], dpo_run.metrics["after"]
+    assert dpo_run.status == "finished"
+    assert after["eval_loss"] < before["eval_loss"] - 0.02, (before, after)
+    assert after["eval_rewards/margins"] > before["eval_rewards/margins"]
+    assert (dpo_run.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_loading_for_training_applies_the_config(tiny_causal_lm: Path, tmp_path: Path) -> None:
