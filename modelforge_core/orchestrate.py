@@ -128,8 +128,11 @@ def _is_main_process() -> bool:
 
 
 def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Path | None = None,
-          display: Display | None = None, runs_root: Path | None = None) -> TrainOutcome:
-    """Run a whole training from a resolved config, or resume the run in ``resume``."""
+          display: Display | None = None, runs_root: Path | None = None, force: bool = False) -> TrainOutcome:
+    """Run a whole training from a resolved config, or resume the run in ``resume``.
+
+    ``force``: train even when the memory plan says the config cannot fit this machine.
+    """
     plugins = plugins or get_plugins()
     display = display or Display()
     registry = plugins.registry
@@ -150,6 +153,10 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
 
     hardware = detect_hardware()
     check_precision(config, hardware)
+    if not force:
+        from .plan import check_fits
+
+        display.message(check_fits(config, hardware).headline())
     main_process = _is_main_process()
     head = task.choose_head(config.data, read_model_config(config["model_name"]))
     previous_before: dict[str, float] = {}

@@ -2,6 +2,14 @@
 
 A profile only fills fields the user left unset, and never a value that would contradict the
 user's own choices (a 16-bit base under ``strategy: qlora``, 4-bit when the user asked for 8-bit).
+
+Precision is the one setting a profile cannot know when the config is resolved (that may be on
+another machine than the training): a profile says ``"precision": "auto"``, and the training
+sets fp16/bf16 for the hardware it runs on (see :func:`modelforge_core.hardware.apply_auto_precision`),
+unless the user set either.
+
+``profiles/model_shapes.json`` holds the ``config.json`` fields of the models the profiles
+recommend, so ``modelforge plan`` can size them without downloading anything.
 """
 
 from __future__ import annotations
@@ -29,6 +37,19 @@ def load_profile(name: str) -> dict[str, Any]:
         raise ValueError(f"unknown compute_specs profile {name!r}; known: {', '.join(PROFILE_NAMES)}")
     text = resources.files("modelforge_core").joinpath("profiles").joinpath(f"{name}.json").read_text("utf-8")
     return json.loads(text)  # type: ignore[no-any-return]
+
+
+def profile_precision(name: str) -> str:
+    """The profile's precision: ``"auto"`` (chosen for the hardware at training time) or a fixed one."""
+    return str(load_profile(name).get("precision", "auto"))
+
+
+@cache
+def known_model_shapes() -> dict[str, dict[str, Any]]:
+    """``config.json`` fields of well-known hub models (by model ID), for planning offline."""
+    text = resources.files("modelforge_core").joinpath("profiles").joinpath("model_shapes.json").read_text("utf-8")
+    shapes = json.loads(text)["models"]
+    return {name: dict(shape) for name, shape in shapes.items()}
 
 
 def profile_values(name: str, user: Mapping[str, Any]) -> dict[str, Any]:

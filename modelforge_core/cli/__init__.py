@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "plugins": "plugins_cmd:plugins",
     "train": "train:train",
     "demo": "demo:demo",
+    "doctor": "doctor:doctor",
+    "plan": "plan:plan",
 }
 
 

@@ -18,8 +18,9 @@ from .output import dump_json
 @click.option("--json", "as_json", is_flag=True,
               help="End with one JSON object holding run_dir, status and metrics (on stdout).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--force", is_flag=True, help="Train even when the memory plan says the config cannot fit.")
 def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, as_json: bool,
-          quiet: bool) -> None:
+          quiet: bool, force: bool) -> None:
     """Fine-tune a model as CONFIG describes; the run folder is printed at the end.
 
     The dataset is checked row by row before any model is loaded. Ctrl-C (or SIGTERM) saves a
@@ -45,7 +46,8 @@ def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, 
             raise UsageError("give a CONFIG file, or --resume RUN_DIR")
         resolved = resolve_config(load_document(config), overrides=parse_overrides(overrides, schema),
                                   plugins=plugins)
-    outcome = run_training(resolved, plugins=plugins, resume=resume, display=Display(enabled=not quiet))
+    outcome = run_training(resolved, plugins=plugins, resume=resume, display=Display(enabled=not quiet),
+                           force=force)
     if as_json:
         dump_json({"run_dir": str(outcome.run_dir), "status": outcome.status, "metrics": outcome.metrics})
         return

@@ -1,0 +1,59 @@
+"""``modelforge doctor``: what this machine can train with, and the ``compute_specs`` it suits."""
+
+from __future__ import annotations
+
+import click
+
+from .output import dump_json
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object (for programs).")
+def doctor(as_json: bool) -> None:
+    """Report the GPUs (CUDA, Apple MPS) or CPU, memory, bf16/fp16 support, bitsandbytes and
+    unsloth, the ML library versions, and the compute_specs profile this machine suits, with why.
+
+    MODELFORGE_ASSUME_MEMORY_GB=N replaces the training device's memory with N GiB.
+    """
+    from ..hardware import LOW_END_BELOW_GB, MID_RANGE_BELOW_GB, detect_machine
+    from ..profiles import load_profile
+
+    machine = detect_machine()
+    report = machine.to_json()
+    if as_json:
+        dump_json(report)
+        return
+    target = machine.target
+    if machine.accelerators:
+        for acc in machine.accelerators:
+            memory = f"{acc.memory_gb:.1f} GiB" if acc.memory_gb is not None else "memory unknown"
+            capability = f", compute capability {acc.compute_capability}" if acc.compute_capability else ""
+            click.echo(f"accelerator    {acc.kind}:{acc.index} {acc.name}, {memory}{capability}, "
+                       f"bf16 {'yes' if acc.bf16 else 'no'}, fp16 {'yes' if acc.fp16 else 'no'}")
+    else:
+        click.echo("accelerator    none: training runs on the CPU")
+    total, available = machine.system_memory_gb, machine.available_memory_gb
+    memory = f"{total:.1f} GiB" if total else "unknown"
+    if available:
+        memory += f" ({available:.1f} GiB available)"
+    click.echo(f"system memory  {memory}")
+    click.echo(f"CPU cores      {machine.cpu_count}")
+    if report["assumed_memory_gb"] is not None:
+        click.echo(f"assumed        {target.memory_gb:g} GiB for the {target.device} (MODELFORGE_ASSUME_MEMORY_GB)")
+    bnb = machine.bitsandbytes
+    if not bnb.installed:
+        click.echo("bitsandbytes   not installed: use_4bit/use_8bit and qlora cannot run")
+    else:
+        state = "4-bit runs" if bnb.runs else f"cannot run here ({bnb.reason})"
+        click.echo(f"bitsandbytes   {bnb.version}, {state} on {bnb.device}")
+    click.echo(f"unsloth        {'installed' if machine.unsloth_installed else 'not installed'}")
+    click.echo("libraries      " + ", ".join(f"{name} {version or '-'}" for name, version in machine.versions.items()))
+    click.echo(f"precision      {report['precision']} for profiles that say \"auto\" (all the built-in ones)")
+    rec = machine.recommendation
+    profile = load_profile(rec.profile)
+    click.secho(f"compute_specs  {rec.profile}", fg="green", bold=True)
+    click.echo(f"  why: {rec.reason} (rule: below {LOW_END_BELOW_GB} GiB of GPU memory low_end, below "
+               f"{MID_RANGE_BELOW_GB} mid_range, else high_end; no GPU low_end)")
+    click.echo(f"  {profile['description']}")
+    for task, models in profile.get("recommended_models", {}).items():
+        click.echo(f"  {task}: {', '.join(models)}")
