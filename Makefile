@@ -11,7 +11,14 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 EDITABLES := -e ".[train,dev]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
 NODE_STAMP := schema/node_modules/.modelforge-installed
 
-.PHONY: setup demo test lint bench clean
+# The second environment for the unsloth provider (docs/unsloth.md): unsloth's versions of
+# transformers/trl/datasets, the same core and plugins.
+UNSLOTH_VENV := .venv-unsloth
+UNSLOTH_PY := $(UNSLOTH_VENV)/bin/python
+UNSLOTH_PIP := $(UNSLOTH_PY) -m pip --disable-pip-version-check
+UNSLOTH_STAMP := $(UNSLOTH_VENV)/.modelforge-installed
+
+.PHONY: setup demo test lint bench clean unsloth-env test-unsloth
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -28,11 +35,31 @@ $(NODE_STAMP): schema/package.json schema/package-lock.json
 	cd schema && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+unsloth-env: $(UNSLOTH_STAMP)
+
+$(UNSLOTH_STAMP): pyproject.toml $(PLUGINS) constraints/unsloth.txt
+	test -x $(UNSLOTH_PY) || $(PYTHON) -m venv $(UNSLOTH_VENV)
+	$(UNSLOTH_PIP) install -q torch==2.13.0
+	$(UNSLOTH_PIP) install -q "setuptools>=68" wheel
+	$(UNSLOTH_PIP) install -q -c constraints/unsloth.txt --no-build-isolation unsloth unsloth_zoo $(EDITABLES)
+	# unsloth pulls torchvision; its CUDA build cannot load beside the CPU torch, and unsloth
+	# then refuses to import. Text training never needs it.
+	$(UNSLOTH_PIP) uninstall -q -y torchvision
+	$(UNSLOTH_PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(UNSLOTH_PY) -W ignore -c "import unsloth" >/dev/null
+	touch $@
+
+# unsloth patches transformers and TRL process-wide: its tests run in their own process there.
+# They also reload the adapters with the main .venv, hence setup.
+test-unsloth: setup unsloth-env
+	$(UNSLOTH_PY) -m pytest -q -m unsloth plugins/provider-unsloth/tests
+
 demo: setup
 	$(VENV)/bin/modelforge demo
 
 test: setup
 	$(PY) -m pytest -q
+	$(MAKE) test-unsloth
 
 lint: setup
 	$(PY) -m ruff check modelforge_core plugins tests bench
