@@ -28,13 +28,14 @@ def check_answers(row: Mapping[str, Any]) -> list[Problem]:
         problems.append(Problem("answers.answer_start", "expected a list of integers", code="type"))
     if problems:
         return problems
-    assert isinstance(texts, list) and isinstance(starts, list)
+    assert isinstance(texts, list)
+    assert isinstance(starts, list)
     if len(texts) != len(starts):
         return [Problem("answers", f"{len(texts)} texts but {len(starts)} answer_start values", code="invalid")]
     context = row.get("context")
     if not isinstance(context, str):
         return []
-    for index, (text, start) in enumerate(zip(texts, starts)):
+    for index, (text, start) in enumerate(zip(texts, starts, strict=True)):
         if not text.strip():
             problems.append(Problem(f"answers.text[{index}]", "empty answer", code="empty"))
             continue
@@ -60,7 +61,8 @@ class ExtractiveQA(Task):
         "description": "Windowing and span decoding for extractive question answering.",
         "properties": {
             "doc_stride": {"type": "integer", "minimum": 0, "default": 64,
-                           "description": "Tokens of overlap between the windows of a context longer than max_seq_length.",
+                           "description": "Tokens of overlap between the windows of a context longer "
+                                          "than max_seq_length.",
                            "examples": [64, 128]},
             "max_answer_length": {"type": "integer", "minimum": 1, "default": 30,
                                   "description": "Longest answer span considered when decoding, in tokens.",
@@ -68,6 +70,10 @@ class ExtractiveQA(Task):
             "n_best": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20,
                        "description": "Start and end candidates considered per window when decoding spans.",
                        "examples": [20]},
+            "allow_no_answer": {"type": "boolean", "default": False,
+                                "description": "Predict an empty answer when the no-answer score beats every span "
+                                               "(SQuAD 2.0 data with unanswerable questions).",
+                                "examples": [False, True]},
         },
     }
 
@@ -92,15 +98,29 @@ class ExtractiveQA(Task):
         return build_train_features(rows, tokenizer=tokenizer, config=config)
 
     def data_collator(self, tokenizer: Any, model: Any, head: str) -> Any:
-        from transformers import default_data_collator
+        from .processing import data_collator
 
-        return default_data_collator
+        return data_collator(tokenizer)
 
     def evaluate(self, loaded: LoadedModel, rows: Sequence[Mapping[str, Any]], *,
                  config: Mapping[str, Any]) -> dict[str, float]:
         from .processing import evaluate
 
         return evaluate(loaded, rows, config=config)
+
+    def predict(self, loaded: LoadedModel, inputs: Mapping[str, Any], *, config: Mapping[str, Any],
+                **generation: Any) -> str:
+        """The answer span for ``{"context", "question"}``, decoded as in evaluation
+        (span heads generate nothing, so generation options are ignored)."""
+        from .processing import predict_answers
+
+        missing = [key for key in ("context", "question") if not isinstance(inputs.get(key), str)]
+        if missing:
+            from modelforge_core.errors import UsageError
+
+            raise UsageError(f"extractive question answering needs {' and '.join(missing)} as text: "
+                             'pass {"context": "...", "question": "..."}')
+        return predict_answers(loaded, [inputs], config, batch_size=16)[0]
 
 
 @hookimpl
