@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo:demo",
     "doctor": "doctor:doctor",
     "plan": "plan:plan",
+    "serve": "serve:serve",
 }
 
 
