@@ -35,6 +35,8 @@ class TrainOutcome:
     run_dir: Path
     status: str
     metrics: dict[str, Any]
+    #: False in the other processes of a multi-process training (they print nothing).
+    main_process: bool = True
 
 
 def fingerprint_file(path: str | Path) -> str:
@@ -134,11 +136,16 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     ``force``: train even when the memory plan says the config cannot fit this machine.
     """
     plugins = plugins or get_plugins()
-    display = display or Display()
+    main_process = _is_main_process()
+    # Under accelerate/torchrun only the main process talks: progress, messages, the log.
+    display = (display or Display()) if main_process else Display(enabled=False)
     registry = plugins.registry
     task = registry.tasks[config["task"]]
     strategy = registry.strategies[config["strategy"]]
     provider = registry.providers[config["provider"]]
+    from .launch import check_scaling, sharding_from_environment
+
+    check_scaling(config, processes=_process_count(), sharding=sharding_from_environment())
     for component in (task, strategy, provider):
         message = component.check_environment()
         if message:
@@ -157,7 +164,10 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         from .plan import check_fits
 
         display.message(check_fits(config, hardware).headline())
-    main_process = _is_main_process()
+    if _process_count() > 1:
+        from .launch import start_process_group
+
+        start_process_group()
     head = task.choose_head(config.data, read_model_config(config["model_name"]))
     previous_before: dict[str, float] = {}
     if resume is not None:
@@ -177,16 +187,24 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         display.message(f"resuming {run.path} from {checkpoint.name}")
     else:
         checkpoint = None
-        run = _create_run(config, runs_root, main_process)
+        run = _create_run(config, runs_root)
         if main_process:
             run.write_json(CONFIG_FILE, {**config.to_json(), "schema_version": schema_version()})
             run.write_json(MANIFEST_FILE, build_manifest(config, plugins, data, hardware, split,
                                                          _process_count(), head))
+    from .launch import describe_batch
+
+    display.message(describe_batch(config, _process_count()))
     info = RunInfo(run.name, run.path, config.data, main_process)
     if main_process:
         run.set_status("running", global_step=0, resumed_from=checkpoint.name if checkpoint else None)
         plugins.hooks.on_run_start(info)
     flag = StopFlag()
+    sync: list[Any] = []
+    if _process_count() > 1 or sharding_from_environment():
+        from .launch import distributed_callback
+
+        sync.append(distributed_callback(flag))
     stage_metrics: dict[str, Any] = {"before": previous_before} if previous_before else {}
 
     def report(stage: str, metrics: Mapping[str, float]) -> None:
@@ -204,9 +222,16 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         return provider.load(request)
 
     def save(loaded: LoadedModel, name: str) -> Path:
-        if not main_process:
-            return run.path / name
-        return run.save_directory(name, lambda tmp: provider.save_adapter(loaded, tmp))
+        from .launch import adapter_for_save, save_adapter_state, write_rank_hash
+
+        # Every process enters: gathering a sharded adapter is a collective.
+        with adapter_for_save(loaded, sync[0].wrapped if sync else None) as state:
+            write_rank_hash(loaded, name)
+            if not main_process:
+                return run.path / name
+            if state is not None:
+                return run.save_directory(name, lambda tmp: save_adapter_state(loaded, state, tmp))
+            return run.save_directory(name, lambda tmp: provider.save_adapter(loaded, tmp))
 
     def trainer_arguments(**kwargs: Any) -> dict[str, Any]:
         from .training import trainer_arguments as build
@@ -218,7 +243,7 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         config=config.data, task=task, provider=provider, run=info,
         train_rows=[data.rows[i] for i in split[0]], eval_rows=[data.rows[i] for i in split[1]],
         shape=data.shape, load_model=load_model, trainer_arguments=trainer_arguments,
-        callbacks=[make_run_callback(run, info, plugins.hooks, display, flag)], head=head,
+        callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag)], head=head,
         resume_from=checkpoint, save=save, report=report, say=display.message,
         stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
     )
@@ -249,16 +274,16 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         run.write_json(METRICS_FILE, metrics)
         run.set_status("finished", global_step=result.global_step, finished_at=now_iso())
         plugins.hooks.on_run_end(info, "finished", metrics, None)
-    return TrainOutcome(run.path, "finished", metrics)
+    return TrainOutcome(run.path, "finished", metrics, main_process)
 
 
-def _create_run(config: Mapping[str, Any], root: Path | None, main_process: bool) -> RunDir:
-    if main_process:
+def _create_run(config: Mapping[str, Any], root: Path | None) -> RunDir:
+    if _process_count() > 1:
+        # The main process creates the folder and broadcasts its path to the others.
+        from .launch import share_run_dir
+
+        run = share_run_dir(lambda: RunDir.create(config, root=root))
+    else:
         run = RunDir.create(config, root=root)
-        os.environ["MODELFORGE_RUN_DIR"] = str(run.path)
-        return run
-    # Other ranks use the folder the main process created (passed by the launcher env).
-    shared = os.environ.get("MODELFORGE_RUN_DIR")
-    if not shared:
-        raise RunError("MODELFORGE_RUN_DIR is not set on a non-main process")
-    return RunDir(Path(shared))
+    os.environ["MODELFORGE_RUN_DIR"] = str(run.path)
+    return run

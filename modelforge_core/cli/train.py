@@ -19,8 +19,15 @@ from .output import dump_json
               help="End with one JSON object holding run_dir, status and metrics (on stdout).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--force", is_flag=True, help="Train even when the memory plan says the config cannot fit.")
+@click.option("--launcher", type=click.Choice(["accelerate"]),
+              help="Run the same training in several processes under `accelerate launch` (prints the command).")
+@click.option("--num-processes", type=click.IntRange(min=1),
+              help="With --launcher accelerate: the number of processes (one per GPU).")
+@click.option("--accelerate-config", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --launcher accelerate: an accelerate config file (see examples/accelerate/).")
 def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, as_json: bool,
-          quiet: bool, force: bool) -> None:
+          quiet: bool, *, force: bool, launcher: str | None, num_processes: int | None,
+          accelerate_config: Path | None) -> None:
     """Fine-tune a model as CONFIG describes; the run folder is printed at the end.
 
     The dataset is checked row by row before any model is loaded. Ctrl-C (or SIGTERM) saves a
@@ -33,6 +40,8 @@ def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, 
     from ..schema import effective_schema
     from ..training import Display
 
+    if launcher is None and (num_processes is not None or accelerate_config is not None):
+        raise UsageError("--num-processes and --accelerate-config need --launcher accelerate")
     plugins = get_plugins()
     schema = effective_schema(plugins.registry)
     if resume is not None:
@@ -46,8 +55,19 @@ def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, 
             raise UsageError("give a CONFIG file, or --resume RUN_DIR")
         resolved = resolve_config(load_document(config), overrides=parse_overrides(overrides, schema),
                                   plugins=plugins)
+    if launcher is not None:
+        from ..launch import LAUNCHER_OPTIONS, forwarded_arguments, launch_training
+
+        ctx = click.get_current_context()
+        ctx.exit(launch_training(
+            resolved, forwarded_arguments(ctx.command, ctx.params, drop=LAUNCHER_OPTIONS),
+            num_processes=num_processes, accelerate_config=accelerate_config, plugins=plugins,
+            debug=bool(ctx.find_root().obj and ctx.find_root().obj.get("debug")),
+            announce=lambda text: click.echo(text, err=True)))
     outcome = run_training(resolved, plugins=plugins, resume=resume, display=Display(enabled=not quiet),
                            force=force)
+    if not outcome.main_process:
+        return
     if as_json:
         dump_json({"run_dir": str(outcome.run_dir), "status": outcome.status, "metrics": outcome.metrics})
         return
