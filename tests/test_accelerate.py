@@ -164,10 +164,12 @@ def test_launcher_forwards_every_train_option_but_its_own() -> None:
     from modelforge_core.cli.train import train
 
     context = train.make_context("train", ["cfg.yaml", "--set", "seed=3", "--set", "lora_r=8", "--json", "--quiet",
-                                           "--launcher", "accelerate", "--num-processes", "2",
-                                           "--data-root", "/data"])
+                                           "--launcher", "accelerate", "--num-processes", "2", "--force"])
     assert forwarded_arguments(train, context.params, drop=LAUNCHER_OPTIONS) == [
-        "cfg.yaml", "--set", "seed=3", "--set", "lora_r=8", "--json", "--quiet", "--data-root", "/data"]
+        "cfg.yaml", "--set", "seed=3", "--set", "lora_r=8", "--json", "--quiet", "--force"]
+    resumed = train.make_context("train", ["--resume", "runs/r1", "--launcher", "accelerate",
+                                           "--accelerate-config", "fsdp.yaml"])
+    assert forwarded_arguments(train, resumed.params, drop=LAUNCHER_OPTIONS) == ["--resume", "runs/r1"]
 
 
 def test_example_configs_are_accelerate_configs() -> None:
