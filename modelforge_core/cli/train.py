@@ -19,6 +19,8 @@ from .output import dump_json
               help="End with one JSON object holding run_dir, status and metrics (on stdout).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--force", is_flag=True, help="Train even when the memory plan says the config cannot fit.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Refuse any dataset, model or output path outside this folder (for frontends).")
 @click.option("--launcher", type=click.Choice(["accelerate"]),
               help="Run the same training in several processes under `accelerate launch` (prints the command).")
 @click.option("--num-processes", type=click.IntRange(min=1),
@@ -26,8 +28,8 @@ from .output import dump_json
 @click.option("--accelerate-config", type=click.Path(dir_okay=False, path_type=Path),
               help="With --launcher accelerate: an accelerate config file (see examples/accelerate/).")
 def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, as_json: bool,
-          quiet: bool, *, force: bool, launcher: str | None, num_processes: int | None,
-          accelerate_config: Path | None) -> None:
+          quiet: bool, *, force: bool, data_root: Path | None, launcher: str | None,
+          num_processes: int | None, accelerate_config: Path | None) -> None:
     """Fine-tune a model as CONFIG describes; the run folder is printed at the end.
 
     The dataset is checked row by row before any model is loaded. Ctrl-C (or SIGTERM) saves a
@@ -48,13 +50,13 @@ def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, 
         if config is not None or overrides:
             raise UsageError("--resume takes the config saved in the run folder: give no CONFIG or --set")
         saved = RunDir.open(resume).config()
-        resolved = resolve_config(saved, plugins=plugins, base_dir=resume)
+        resolved = resolve_config(saved, plugins=plugins, base_dir=resume, data_root=data_root)
         resolved.sources.update({k: "run" for k in resolved.sources})
     else:
         if config is None:
             raise UsageError("give a CONFIG file, or --resume RUN_DIR")
         resolved = resolve_config(load_document(config), overrides=parse_overrides(overrides, schema),
-                                  plugins=plugins)
+                                  plugins=plugins, data_root=data_root)
     if launcher is not None:
         from ..launch import LAUNCHER_OPTIONS, forwarded_arguments, launch_training
 
