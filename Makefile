@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.modelforge-installed
 PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
-EDITABLES := -e ".[train,dev]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
+EDITABLES := -e ".[train,dev,serve]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
 NODE_STAMP := schema/node_modules/.modelforge-installed
 
 # The second environment for the unsloth provider (docs/unsloth.md): unsloth's versions of
@@ -18,9 +18,14 @@ UNSLOTH_PY := $(UNSLOTH_VENV)/bin/python
 UNSLOTH_PIP := $(UNSLOTH_PY) -m pip --disable-pip-version-check
 UNSLOTH_STAMP := $(UNSLOTH_VENV)/.modelforge-installed
 
-.PHONY: setup demo test lint bench clean unsloth-env test-unsloth
+.PHONY: setup browser demo test lint bench clean unsloth-env test-unsloth
 
 setup: $(STAMP) $(NODE_STAMP)
+
+# The browser test drives Debian's Chromium with Playwright (never `playwright install`,
+# which downloads a browser build).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver)
 
 $(STAMP): pyproject.toml $(PLUGINS) constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,7 +62,7 @@ test-unsloth: setup unsloth-env
 demo: setup
 	$(VENV)/bin/modelforge demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 	$(MAKE) test-unsloth
 
