@@ -67,7 +67,7 @@ def _environment() -> dict[str, str]:
 
 
 def _unsloth_config(model: Path, data: Path, **overrides: Any) -> dict[str, Any]:
-    return tiny_config(model, data, provider="unsloth", num_train_epochs=3, eval_steps=1000, **overrides)
+    return tiny_config(model, data, **{"provider": "unsloth", "num_train_epochs": 3, "eval_steps": 1000, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +190,20 @@ def test_loading_for_training_applies_the_config(tiny_causal_lm: Path, tmp_path:
     _, other_seed = lora_a(8)
     assert weights[name].equal(same_seed[name])
     assert not weights[name].equal(other_seed[name])
+
+
+def test_8bit_is_refused_on_the_cpu_instead_of_silently_training_16bit(tiny_causal_lm: Path,
+                                                                     tmp_path: Path) -> None:
+    from modelforge_core.api import LoadRequest
+    from modelforge_core.config import resolve_config
+    from modelforge_core.errors import EnvironmentProblem
+    from modelforge_core.plugins import load_plugins
+
+    provider = load_plugins(environ={}).registry.providers["unsloth"]
+    config = resolve_config(_unsloth_config(tiny_causal_lm, tmp_path / "unused.jsonl", use_4bit=False,
+                                            use_8bit=True), base_dir=tmp_path).data
+    with pytest.raises(EnvironmentProblem, match=r"unsloth loads 8-bit weights only on a GPU.*set use_8bit to false"):
+        provider.load(LoadRequest(model_name=str(tiny_causal_lm), head="causal-lm", config=config))
 
 
 def test_adapters_reload_with_plain_peft_without_unsloth(reloaded: dict[str, Any]) -> None:
