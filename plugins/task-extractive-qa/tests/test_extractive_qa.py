@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,13 +288,25 @@ def sighting_rows(n: int = 240, seed: int = 0) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def trained_qa(tiny_qa_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def one_thread() -> Iterator[None]:
+    """One torch thread for this module's training and inference: on two shared cores a model
+    this small runs several times faster without OpenMP threads waiting on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_qa(tiny_qa_encoder: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Any:
     """One LoRA training of the tiny BERT on 192 sighting questions (144 steps), 48 held out.
 
     Seeded end to end: the split and the trainer by the config's seed, and the weights that
-    loading creates (the fresh span head, the LoRA matrices) by seeding torch first. One
-    torch thread: on two shared cores, a model this small trains several times faster
-    without OpenMP threads waiting on each other.
+    loading creates (the fresh span head, the LoRA matrices) by seeding torch first.
     """
     import torch
 
@@ -310,13 +323,8 @@ def trained_qa(tiny_qa_encoder: Path, tmp_path_factory: pytest.TempPathFactory) 
         lora_target_modules=["query", "key", "value", "dense"],
         seed=42, logging_steps=20)
     resolved = resolve_config(config, base_dir=root)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        return train(resolved, display=Display(enabled=False), runs_root=root / "runs")
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return train(resolved, display=Display(enabled=False), runs_root=root / "runs")
 
 
 def test_qa_training_raises_exact_match_on_held_out_questions(trained_qa: Any) -> None:

@@ -79,6 +79,20 @@ class Summarization(Task):
 
         return evaluate(loaded, rows, config=config)
 
+    def predict(self, loaded: LoadedModel, inputs: Mapping[str, Any], *, config: Mapping[str, Any],
+                **generation: Any) -> str:
+        """The summary of ``{"document": ...}``, generated in the training format with the
+        task's length and beams unless ``generation`` says otherwise (``max_new_tokens``,
+        ``num_beams``, ``temperature``, ...)."""
+        document = inputs.get("document")
+        if not isinstance(document, str) or not document.strip():
+            from modelforge_core.errors import UsageError
+
+            raise UsageError('summarization needs the text to summarize: pass {"document": "..."}')
+        from .processing import generate_summaries
+
+        return generate_summaries(loaded, [document], config, batch_size=1, **generation)[0]
+
 
 @hookimpl
 def register_tasks(register: Callable[[Task], None]) -> None:
