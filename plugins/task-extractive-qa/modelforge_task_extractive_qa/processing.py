@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelforge_core.api import LoadedModel
-from modelforge_core.errors import Problem, ValidationFailed
+from modelforge_core.errors import ModelForgeError, Problem, ValidationFailed
 
 from .metrics import squad_scores
 from .spans import Window, decode_answer
@@ -73,6 +73,11 @@ def encode_windows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, config: Ma
     for those that pad on the left (XLNet), as each was pre-trained. The overlap is
     ``doc_stride``, reduced for a question so long that the window has little room left.
     """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelForgeError(
+            "extractive question answering maps answers through token offsets, which only fast (Rust) "
+            f"tokenizers give, and {type(tokenizer).__name__} is not one: use a model that ships a "
+            "tokenizer.json")
     length = window_length(tokenizer, config, model)
     stride_wanted = int(options(config)["doc_stride"])
     question_first = getattr(tokenizer, "padding_side", "right") == "right"

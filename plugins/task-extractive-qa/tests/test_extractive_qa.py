@@ -216,10 +216,10 @@ def qa_row(context: str, question: str, answer: str, start: int | None = None) -
             "answers": {"text": [answer], "answer_start": [context.index(answer) if start is None else start]}}
 
 
-@pytest.mark.parametrize("task", ["extractive-question-answering", "summarization"])
 @pytest.mark.parametrize(("field", "value"), [("strategy", "dpo"), ("strategy", "rlhf"), ("provider", "unsloth")])
-def test_validate_rejects_unsupported_combinations(tmp_path: Path, task: str, field: str, value: str) -> None:
-    write_jsonl(tmp_path / "data.jsonl", [{"document": "d", "summary": "s"}])
+def test_validate_rejects_unsupported_combinations(tmp_path: Path, field: str, value: str) -> None:
+    task = "extractive-question-answering"
+    write_jsonl(tmp_path / "data.jsonl", [qa_row("The harbour of Marrak is Ostyn.", "Which harbour?", "Ostyn")])
     config = {"task": task, "model_name": "some/model", "dataset": "data.jsonl", "compute_specs": "low_end",
               "max_seq_length": 64, field: value}
     (tmp_path / "config.json").write_text(json.dumps(config), "utf-8")
@@ -327,6 +327,7 @@ def trained_qa(tiny_qa_encoder: Path, tmp_path_factory: pytest.TempPathFactory, 
     return train(resolved, display=Display(enabled=False), runs_root=root / "runs")
 
 
+@pytest.mark.slow
 def test_qa_training_raises_exact_match_on_held_out_questions(trained_qa: Any) -> None:
     metrics = json.loads((trained_qa.run_dir / "metrics.json").read_text("utf-8"))
     before, after = metrics["before"], metrics["after"]
@@ -336,6 +337,7 @@ def test_qa_training_raises_exact_match_on_held_out_questions(trained_qa: Any) -
     assert after["eval_loss"] < before["eval_loss"]
 
 
+@pytest.mark.slow
 def test_qa_adapter_reloads_with_peft_and_answers(trained_qa: Any) -> None:
     import torch
     from modelforge_task_extractive_qa.processing import predict_answers
@@ -366,6 +368,7 @@ def test_qa_adapter_reloads_with_peft_and_answers(trained_qa: Any) -> None:
     assert isinstance(trained.predict({"context": row["context"], "question": row["question"]}), str)
 
 
+@pytest.mark.slow
 def test_predict_needs_context_and_question(trained_qa: Any) -> None:
     from modelforge_core.errors import UsageError
     from modelforge_core.inference import load_trained

@@ -132,6 +132,7 @@ def seeded_one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("seeded_one_thread")
 def test_t5_summarization_learns_and_reloads(tiny_seq2seq_lm: Path, sample_dataset: Callable[..., Path],
                                              run_training: Callable[..., Any]) -> None:
@@ -174,6 +175,7 @@ def test_t5_summarization_learns_and_reloads(tiny_seq2seq_lm: Path, sample_datas
         trained.predict({"text": "no document here"})
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("seeded_one_thread")
 def test_causal_lm_summarization_trains_on_the_completion(tiny_causal_lm: Path,
                                                           sample_dataset: Callable[..., Path],
@@ -191,3 +193,16 @@ def test_causal_lm_summarization_trains_on_the_completion(tiny_causal_lm: Path,
     summary = load_trained(outcome.run_dir).predict({"document": sample_rows("summarization")[0]["document"]},
                                                     max_new_tokens=8)
     assert isinstance(summary, str)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("seeded_one_thread")
+def test_qlora_trains_t5_on_a_4bit_base(tiny_seq2seq_lm: Path, sample_dataset: Callable[..., Path],
+                                        run_training: Callable[..., Any]) -> None:
+    config = tiny_config(tiny_seq2seq_lm, sample_dataset("summarization"), task="summarization",
+                         strategy="qlora", use_4bit=True, num_train_epochs=2, learning_rate=5e-3,
+                         summarization={"max_new_tokens": 8, "max_eval_samples": 4})
+    outcome = run_training(config)
+    metrics = json.loads((outcome.run_dir / "metrics.json").read_text("utf-8"))
+    assert metrics["after"]["eval_loss"] < metrics["before"]["eval_loss"]
+    assert (outcome.run_dir / "adapter" / "adapter_model.safetensors").is_file()
