@@ -217,6 +217,11 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         display.message(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def load_model(head: str, **kwargs: Any) -> LoadedModel:
+        # New heads and LoRA weights are drawn when the model loads: seed first, so a run
+        # with the same config and seed starts from the same weights.
+        from transformers import set_seed
+
+        set_seed(config["seed"])
         request = LoadRequest(model_name=kwargs.pop("model_name", config["model_name"]), head=head,
                               config=config.data, **kwargs)
         return provider.load(request)

@@ -406,6 +406,8 @@ def evaluate_stage(trainer: Any, job: TrainingJob, stage: str, loaded: LoadedMod
                                         if isinstance(v, (int, float)) and not k.endswith(NOISE_SUFFIXES)}))
     if loaded is not None and rows:
         metrics.update(job.task.evaluate(loaded, rows, config=job.config))
+    if job.head in ("question-answering", "sequence-classification"):
+        metrics.pop("eval_perplexity", None)  # not a language model: perplexity means nothing
     if metrics:
         job.report(stage, metrics)
     return metrics

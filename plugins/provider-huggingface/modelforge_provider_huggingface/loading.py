@@ -39,8 +39,15 @@ def torch_dtype(config: Mapping[str, Any]) -> Any:
     return torch.float32
 
 
-def quantization_config(config: Mapping[str, Any]) -> Any:
-    """A ``BitsAndBytesConfig`` for 4-bit or 8-bit, or ``None``."""
+#: Freshly initialised task heads: trained in full precision, never quantized or wrapped by LoRA.
+HEAD_MODULES = {
+    "question-answering": ["qa_outputs"],
+    "sequence-classification": ["score", "classifier"],
+}
+
+
+def quantization_config(config: Mapping[str, Any], head: str = "causal-lm") -> Any:
+    """A ``BitsAndBytesConfig`` for 4-bit or 8-bit, or ``None``. Task heads stay unquantized."""
     if not (config.get("use_4bit") or config.get("use_8bit")):
         return None
     import importlib.util
@@ -51,21 +58,27 @@ def quantization_config(config: Mapping[str, Any]) -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
+    skip = HEAD_MODULES.get(head)
     if config.get("use_4bit"):
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=config["bnb_4bit_quant_type"],
             bnb_4bit_compute_dtype=getattr(torch, config["bnb_4bit_compute_dtype"]),
             bnb_4bit_use_double_quant=bool(config["use_nested_quant"]),
+            llm_int8_skip_modules=skip,
         )
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
 def lora_config(config: Mapping[str, Any], head: str) -> Any:
     from peft import LoraConfig
 
     targets = config.get("lora_target_modules", "all-linear")
-    return LoraConfig(
+    extra: dict[str, Any] = {}
+    if head == "question-answering" and targets == "all-linear":
+        # peft trains the span head in full (modules_to_save); LoRA must not wrap it too.
+        extra["exclude_modules"] = HEAD_MODULES[head]
+    return LoraConfig(**extra,
         r=config["lora_r"],
         lora_alpha=config["lora_alpha"],
         lora_dropout=config["lora_dropout"],
@@ -110,7 +123,7 @@ def load(request: LoadRequest) -> LoadedModel:
 
     config = request.config
     model_name = request.model_name
-    quant = quantization_config(config)
+    quant = quantization_config(config, request.head)
     # A 4-bit base keeps its unquantized parts in the compute dtype.
     dtype = getattr(torch, config["bnb_4bit_compute_dtype"]) if config.get("use_4bit") else torch_dtype(config)
     kwargs: dict[str, Any] = {

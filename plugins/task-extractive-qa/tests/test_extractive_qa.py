@@ -319,9 +319,7 @@ def trained_qa(tiny_qa_encoder: Path, tmp_path_factory: pytest.TempPathFactory, 
     config = tiny_config(
         tiny_qa_encoder, dataset, task="extractive-question-answering",
         per_device_train_batch_size=8, num_train_epochs=6, learning_rate=6e-3, max_seq_length=64,
-        # all-linear would also wrap the span head, which peft trains in full for QUESTION_ANS.
-        lora_target_modules=["query", "key", "value", "dense"],
-        seed=42, logging_steps=20)
+        seed=42, logging_steps=20)  # lora_target_modules: the default all-linear
     resolved = resolve_config(config, base_dir=root)
     torch.manual_seed(0)
     return train(resolved, display=Display(enabled=False), runs_root=root / "runs")
@@ -382,3 +380,17 @@ def test_sighting_rows_pass_the_row_check() -> None:
     from modelforge_task_extractive_qa import ExtractiveQA
 
     assert all(ExtractiveQA().check_row(row, "supervised") == [] for row in sighting_rows())
+
+
+@pytest.mark.slow
+def test_qlora_trains_the_span_head_on_a_4bit_encoder(tiny_qa_encoder: Path, tmp_path: Path,
+                                                      one_thread: None, run_training: Any) -> None:
+    """The span head stays unquantized and outside LoRA: QLoRA on QA trains and lowers the loss."""
+    dataset = write_jsonl(tmp_path / "sightings.jsonl", sighting_rows()[:96])
+    outcome = run_training(tiny_config(
+        tiny_qa_encoder, dataset, task="extractive-question-answering", strategy="qlora", use_4bit=True,
+        bnb_4bit_compute_dtype="float32", per_device_train_batch_size=8, num_train_epochs=2,
+        learning_rate=6e-3, max_seq_length=64))
+    before, after = outcome.metrics["before"], outcome.metrics["after"]
+    assert after["eval_loss"] < before["eval_loss"]
+    assert "eval_perplexity" not in after
