@@ -27,10 +27,12 @@ class DPOStrategy(Strategy):
                      "examples": [0.1, 0.5]},
             "loss_type": {"type": "string", "enum": ["sigmoid", "hinge", "ipo", "robust"],
                           "default": "sigmoid",
-                          "description": "DPO loss: sigmoid (the DPO paper), hinge (SLiC), ipo or robust (noisy labels).",
+                          "description": ("DPO loss: sigmoid (the DPO paper), hinge (SLiC), ipo or robust "
+                                          "(noisy labels)."),
                           "examples": ["sigmoid"]},
             "label_smoothing": {"type": "number", "minimum": 0, "maximum": 0.5, "default": 0.0,
-                                "description": "Assumed fraction of flipped preference labels (robust and sigmoid losses).",
+                                "description": ("Assumed fraction of flipped preference labels (robust and "
+                                                "sigmoid losses)."),
                                 "examples": [0.0]},
         },
     }
