@@ -40,7 +40,8 @@ class RLHFStrategy(Strategy):
                             "description": "Sampling temperature of the online stage.",
                             "examples": [1.0]},
             "reward_model_path": {"type": ["string", "null"], "default": None,
-                                  "description": "An existing reward model (folder with a LoRA adapter or a full sequence-classification model); null trains one in stage 1.",
+                                  "description": ("An existing reward model (folder with a LoRA adapter or a full "
+                                                  "sequence-classification model); null trains one in stage 1."),
                                   "examples": [None]},
             "reward_learning_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.0001,
                                      "description": "Learning rate of the reward model stage.",
