@@ -17,6 +17,8 @@ UNSLOTH_VENV := .venv-unsloth
 UNSLOTH_PY := $(UNSLOTH_VENV)/bin/python
 UNSLOTH_PIP := $(UNSLOTH_PY) -m pip --disable-pip-version-check
 UNSLOTH_STAMP := $(UNSLOTH_VENV)/.modelforge-installed
+# Training extras only, plus pytest for its tests: serve and the dev tools stay in .venv.
+UNSLOTH_EDITABLES := -e ".[train]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
 
 .PHONY: setup browser demo test lint bench clean unsloth-env test-unsloth
 
@@ -46,7 +48,7 @@ $(UNSLOTH_STAMP): pyproject.toml $(PLUGINS) constraints/unsloth.txt
 	test -x $(UNSLOTH_PY) || $(PYTHON) -m venv $(UNSLOTH_VENV)
 	$(UNSLOTH_PIP) install -q torch==2.13.0
 	$(UNSLOTH_PIP) install -q "setuptools>=68" wheel
-	$(UNSLOTH_PIP) install -q -c constraints/unsloth.txt --no-build-isolation unsloth unsloth_zoo $(EDITABLES)
+	$(UNSLOTH_PIP) install -q -c constraints/unsloth.txt --no-build-isolation unsloth unsloth_zoo pytest $(UNSLOTH_EDITABLES)
 	# unsloth pulls torchvision; its CUDA build cannot load beside the CPU torch, and unsloth
 	# then refuses to import. Text training never needs it.
 	$(UNSLOTH_PIP) uninstall -q -y torchvision
