@@ -187,7 +187,7 @@ def plain(name: str, folder: Path) -> dict[str, Any]:
         packed = "packed" in name
         extra = {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": False}
         if packed:
-            extra.update(packing=True, packing_strategy="bfd", padding_free=True)
+            extra.update(packing_strategy="bfd", padding_free=True)
         trainer = SFTTrainer(model=model, args=SFTConfig(**common, max_length=s["seq"], packing=packed,
                                                          completion_only_loss=True, **extra),
                              train_dataset=dataset, processing_class=tokenizer, peft_config=lora,
