@@ -387,7 +387,9 @@ def train_policy(job: TrainingJob, scorer: RewardModelScorer,
         num_generations=num_generations, max_completion_length=int(options["max_new_tokens"]),
         temperature=float(options["temperature"]), generation_batch_size=per_round,
         per_device_eval_batch_size=eval_batch, remove_unused_columns=False, log_completions=False,
-        group_by_length=False, train_sampling_strategy="random"))
+        # The importance ratio compares log-probs of the same policy at sampling and at the update:
+        # dropout noise in between makes it explode.
+        disable_dropout=True, group_by_length=False, train_sampling_strategy="random"))
     trainer = OnlineTrainer(
         model=model, reward_funcs=scorer, args=args,
         train_dataset=Dataset.from_list([{"prompt": p} for p in train_prompts]),

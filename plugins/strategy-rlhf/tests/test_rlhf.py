@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,12 +175,12 @@ def test_cli_trains_the_reference_example_with_rlhf(tiny_causal_lm: Path, tmp_pa
     (tmp_path / "cfg.json").write_text(json.dumps(config))
     # fp16 needs a GPU: the CPU trains the same config in float32; short completions keep it quick.
     result = subprocess.run(
-        [str(MODELFORGE), "train", "cfg.json", "--json", "--set", "max_steps=2", "--set", "fp16=false",
+        [str(MODELFORGE), "train", "cfg.json", "--json", "--set", "max_steps=1", "--set", "fp16=false",
          "--set", "rlhf.max_new_tokens=8", "--set", f"output_dir={tmp_path / 'run'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout)
-    assert outcome["status"] == "finished" and outcome["metrics"]["global_step"] == 2
+    assert outcome["status"] == "finished" and outcome["metrics"]["global_step"] == 1
     assert set(outcome["metrics"]["reward_model"]["after"]) >= {"eval_accuracy", "eval_margin"}
     assert "eval_mean_reward" in outcome["metrics"]["after"]
     run = Path(outcome["run_dir"])
@@ -186,6 +189,51 @@ def test_cli_trains_the_reference_example_with_rlhf(tiny_causal_lm: Path, tmp_pa
     resolved = json.loads((run / "config.json").read_text())["config"]
     assert resolved["use_4bit"] is True
     assert resolved["rlhf"]["algorithm"] == "rloo" and resolved["rlhf"]["max_new_tokens"] == 8
+
+
+def wait_for_policy_step(log: Path, step: int, process: subprocess.Popen[str]) -> None:
+    """Until the online stage (records with a KL) has logged ``step``."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"training ended early: {process.communicate()[1][-2000:]}")
+        if log.is_file():
+            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            if any("kl" in r and r.get("step", 0) >= step for r in records):
+                return
+        time.sleep(0.05)
+    raise AssertionError("the online stage did not reach the step in time")
+
+
+def test_interrupted_online_stage_resumes_with_the_trained_reward_model(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    data = write_jsonl(tmp_path / "pairs.jsonl", preference_rows())
+    config = rlhf_config(tiny_causal_lm, data, output_dir=str(out), max_steps=12, per_device_train_batch_size=4,
+                         logging_steps=1, save_steps=1000, rlhf={"reward_epochs": 1, "max_new_tokens": 8})
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([str(MODELFORGE), "train", "cfg.json"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_policy_step(out / "log.jsonl", 2, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "policy training interrupted" in json.loads((out / "status.json").read_text())["note"]
+    assert (out / "reward_adapter" / "adapter_config.json").is_file() and not (out / "adapter").exists()
+    # Only the online stage's checkpoint is left: the reward stage removed its own.
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and 2 <= int(checkpoints[0].name.split("-")[1]) < 12
+    earlier = json.loads((out / "metrics.json").read_text())
+
+    resumed = subprocess.run([str(MODELFORGE), "train", "--resume", str(out), "--json"], capture_output=True,
+                             text=True, timeout=300, env=env, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads(resumed.stdout)
+    assert result["status"] == "finished" and result["metrics"]["global_step"] == 12
+    assert "rlhf stage 1 of 2" not in resumed.stderr, "the trained reward model is reused, not retrained"
+    assert result["metrics"]["reward_model"]["after"] == earlier["reward_model_after"]
+    assert result["metrics"]["before"] == earlier["before"]
+    assert (out / "adapter" / "adapter_config.json").is_file()
 
 
 # --- validation, before anything loads -----------------------------------------------------
