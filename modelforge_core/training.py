@@ -240,12 +240,12 @@ def catch_interruptions(flag: StopFlag) -> Iterator[StopFlag]:
               "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
+        previous[int(sig)] = signal.signal(sig, handler)
     try:
         yield flag
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 class Display:
@@ -473,8 +473,10 @@ def run_supervised(job: TrainingJob, **extra_arguments: Any) -> TrainResult:
                                           config=job.config, head=job.head)
         eval_ds = (job.task.build_dataset(job.eval_rows, shape=job.shape, tokenizer=tokenizer,
                                           config=job.config, head=job.head) if job.eval_rows else None)
+    args: Any
+    trainer: Any
     if job.head == "causal-lm":
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
         max_length = choose_max_length(job.config, train_ds, tokenizer, model, job.say)
         args = SFTConfig(**job.trainer_arguments(

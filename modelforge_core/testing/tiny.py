@@ -688,8 +688,8 @@ def pretrain_causal_lm(model_dir: str | Path, *, corpus: Iterable[str] | None = 
     questions = [line for line in texts if line.endswith("?")]
     answers = [line for line in texts if not line.endswith("?")]
     for question, answer in zip(questions, answers, strict=False):
-        texts.append(tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False))
+        texts.append(str(tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False)))
     pad_id = tokenizer.eos_token_id
     encoded = [tokenizer(text + tokenizer.eos_token)["input_ids"][:64] for text in texts]
     generator = torch.Generator().manual_seed(seed)
