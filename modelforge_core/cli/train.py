@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import click
@@ -66,8 +68,10 @@ def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, 
             num_processes=num_processes, accelerate_config=accelerate_config, plugins=plugins,
             debug=bool(ctx.find_root().obj and ctx.find_root().obj.get("debug")),
             announce=lambda text: click.echo(text, err=True)))
-    outcome = run_training(resolved, plugins=plugins, resume=resume, display=Display(enabled=not quiet),
-                           force=force)
+    # Libraries print banners and notices on stdout; keep stdout for our own result (--json).
+    with contextlib.redirect_stdout(sys.stderr):
+        outcome = run_training(resolved, plugins=plugins, resume=resume, display=Display(enabled=not quiet),
+                               force=force)
     if not outcome.main_process:
         return
     if as_json:
