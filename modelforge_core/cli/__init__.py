@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from typing import Any
 
 import click
@@ -23,6 +22,11 @@ COMMANDS: dict[str, str] = {
     "doctor": "doctor:doctor",
     "plan": "plan:plan",
     "serve": "serve:serve",
+    "generate": "generate:generate",
+    "chat": "chat:chat",
+    "evaluate": "evaluate:evaluate",
+    "export": "export:export",
+    "runs": "runs_cmd:runs",
 }
 
 
@@ -57,7 +61,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ModelForgeError as exc:
-            if ctx.obj and ctx.obj.get("debug") or os.environ.get("MODELFORGE_DEBUG"):
+            if (ctx.obj and ctx.obj.get("debug")) or os.environ.get("MODELFORGE_DEBUG"):
                 raise
             report_error(exc)
             ctx.exit(exc.exit_code)
@@ -92,4 +96,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run())
+    run()

@@ -1,0 +1,200 @@
+"""``modelforge generate``: run a trained adapter on one input, formatted exactly as in training.
+
+The options a run accepts depend on its task: ``--prompt`` (and ``--system``) for text
+generation, ``--document`` for summarization, ``--context`` and ``--question`` for extractive
+question answering. They are checked against the run's config before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import UsageError
+from .output import dump_json
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: What each built-in task reads from the command line: option name -> key of the input row.
+TASK_INPUTS: dict[str, dict[str, str]] = {
+    "text-generation": {"prompt": "input", "system": "system"},
+    "summarization": {"document": "document"},
+    "extractive-question-answering": {"context": "context", "question": "question"},
+}
+#: The options each task cannot do without.
+REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
+    "text-generation": ("prompt",),
+    "summarization": ("document",),
+    "extractive-question-answering": ("context", "question"),
+}
+#: Tasks that decode a span instead of generating text: generation options mean nothing there.
+SPAN_TASKS = frozenset({"extractive-question-answering"})
+
+
+def generation_options(function: F) -> F:
+    """The sampling options shared by ``generate`` and ``chat`` (unset: the task's defaults,
+    which are greedy decoding)."""
+    decorators = [
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+                     help="Longest answer, in tokens [default: the task's, 128 for text generation]."),
+        click.option("--temperature", type=click.FloatRange(min=0.0), default=None,
+                     help="Sampling temperature; 0 (the default) is greedy decoding."),
+        click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=None,
+                     help="Nucleus sampling (with --temperature): sample from the most likely tokens "
+                          "whose probabilities add up to this."),
+        click.option("--repetition-penalty", type=click.FloatRange(min=0.0, min_open=True), default=None,
+                     help="Above 1 discourages repeating tokens [default: 1, no penalty]."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def generation_kwargs(max_new_tokens: int | None, temperature: float | None, top_p: float | None,
+                      repetition_penalty: float | None) -> dict[str, Any]:
+    """Only the options the user gave, so each task keeps its own defaults."""
+    given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+             "repetition_penalty": repetition_penalty}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def read_text(value: str, option: str) -> str:
+    """``TEXT`` as is, or the contents of ``FILE`` for ``@FILE`` (``@@text`` for a literal ``@text``)."""
+    if value.startswith("@@"):
+        return value[1:]
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{option} {value}: cannot read {path} ({exc.strerror or exc}); "
+                             "give the text itself or @ and an existing file") from exc
+    return value
+
+
+def run_task(run_dir: Path) -> str:
+    """The task of a run, read from its config without loading anything heavy."""
+    from ..runs import RunDir
+
+    return str(RunDir.open(run_dir).config()["task"])
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class GenerateRequest:
+    """The parsed command line of ``modelforge generate``."""
+
+    run_dir: Path
+    task: str
+    inputs: dict[str, Any]
+    generation: dict[str, Any] = field(default_factory=dict)
+    compare_base: bool = False
+
+
+def parse_request(run_dir: Path, given: dict[str, str | None], generation: dict[str, Any],
+                  compare_base: bool) -> GenerateRequest:
+    """Check the options against the run's task; one usage error that says what to give."""
+    task = run_task(run_dir)
+    present = {key: value for key, value in given.items() if value is not None}
+    accepted = TASK_INPUTS.get(task)
+    if accepted is None:
+        # A third-party task: hand it what was given under the built-in names, let it judge.
+        names = {"prompt": "input", "system": "system", "document": "document", "context": "context",
+                 "question": "question"}
+        inputs = {names[key]: read_text(value, _flag(key)) for key, value in present.items()}
+        if not inputs:
+            raise UsageError(f"{run_dir} is {_article(task)} {task} run: give its input, for example --prompt TEXT")
+        return GenerateRequest(run_dir, task, inputs, generation, compare_base)
+    required = REQUIRED_INPUTS[task]
+    wrong = [key for key in present if key not in accepted]
+    missing = [key for key in required if key not in present]
+    wrong_generation = sorted(generation) if task in SPAN_TASKS else []
+    if wrong or missing or wrong_generation:
+        wanted = " ".join(f"{_flag(key)} TEXT" for key in required)
+        optional = [key for key in accepted if key not in required]
+        if optional:
+            wanted += " [" + " ".join(f"{_flag(key)} TEXT" for key in optional) + "]"
+        problems = []
+        if wrong:
+            problems.append(f"{', '.join(_flag(k) for k in wrong)} do{'es' if len(wrong) == 1 else ''} not apply")
+        if wrong_generation:
+            problems.append(f"{', '.join(_flag(k) for k in wrong_generation)} do not apply to a span answer")
+        if missing:
+            problems.append(f"{', '.join(_flag(k) for k in missing)} missing")
+        raise UsageError(f"{run_dir} is {_article(task)} {task} run ({'; '.join(problems)}): give {wanted}")
+    inputs = {accepted[key]: read_text(value, _flag(key)) for key, value in present.items()}
+    return GenerateRequest(run_dir, task, inputs, generation, compare_base)
+
+
+def execute(request: GenerateRequest) -> dict[str, Any]:
+    """Load the run and answer; with ``compare_base``, answer again with the adapter switched off."""
+    from ..inference import load_trained
+
+    trained = load_trained(request.run_dir)
+    result: dict[str, Any] = {"run_dir": str(request.run_dir), "task": request.task, "inputs": request.inputs,
+                              "generation": request.generation,
+                              "answer": trained.predict(request.inputs, **request.generation)}
+    if request.compare_base:
+        result["base_answer"] = base_answer(trained, request.inputs, request.generation)
+    return result
+
+
+def base_answer(trained: Any, inputs: dict[str, Any], generation: dict[str, Any]) -> str:
+    """The base model's answer: the same loaded model with its adapter disabled (peft), or the
+    base loaded again where the provider gave no switch."""
+    disable = getattr(trained.loaded.model, "disable_adapter", None)
+    if disable is not None:
+        with disable():
+            return str(trained.predict(inputs, **generation))
+    from ..inference import load_trained
+
+    return str(load_trained(trained.run.path, with_adapter=False).predict(inputs, **generation))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prompt", help="Text generation: the user's message (or @FILE).")
+@click.option("--system", help="Text generation: a system message before the prompt (or @FILE).")
+@click.option("--document", help="Summarization: the document to summarize (or @FILE).")
+@click.option("--context", help="Question answering: the passage holding the answer (or @FILE).")
+@click.option("--question", help="Question answering: the question (or @FILE).")
+@generation_options
+@click.option("--base", "compare_base", is_flag=True,
+              help="Also answer with the base model (adapter off), to compare.")
+@click.option("--json", "as_json", is_flag=True, help="Print the inputs and answer(s) as JSON.")
+def generate(run_dir: Path, prompt: str | None, system: str | None, document: str | None, context: str | None,
+             question: str | None, max_new_tokens: int | None, temperature: float | None, top_p: float | None,
+             repetition_penalty: float | None, compare_base: bool, as_json: bool) -> None:
+    """Answer one input with the run's trained adapter, formatted as in training.
+
+    \b
+    text generation:  modelforge generate RUN_DIR --prompt "What is ...?" [--system TEXT]
+    summarization:    modelforge generate RUN_DIR --document @report.txt
+    question answer:  modelforge generate RUN_DIR --context @page.txt --question "Who ...?"
+
+    TEXT starting with @ is read from that file. Decoding is greedy unless --temperature is set.
+    """
+    request = parse_request(
+        run_dir, {"prompt": prompt, "system": system, "document": document, "context": context,
+                  "question": question},
+        generation_kwargs(max_new_tokens, temperature, top_p, repetition_penalty), compare_base)
+    result = execute(request)
+    if as_json:
+        dump_json(result)
+        return
+    if not compare_base:
+        click.echo(result["answer"])
+        return
+    click.echo(click.style("fine-tuned: ", bold=True) + result["answer"])
+    click.echo(click.style("base model: ", bold=True) + result["base_answer"])
