@@ -49,6 +49,14 @@ def tiny_config(model: str | Path, dataset: str | Path, **overrides: Any) -> dic
     return config
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never write prepared datasets into the user's ``~/.cache/modelforge``."""
+    import os
+
+    os.environ.setdefault("MODELFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("modelforge-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-init Llama with a byte-level BPE tokenizer and a ChatML template (no pad token)."""
