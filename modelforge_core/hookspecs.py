@@ -103,7 +103,8 @@ def on_evaluate(run: RunInfo, stage: str, metrics: Mapping[str, float]) -> None:
 
     :param run: the run.
     :param stage: ``"before"`` (the base model, before training), ``"during"`` (every
-        ``eval_steps``) or ``"after"`` (the trained model).
+        ``eval_steps``) or ``"after"`` (the trained model); strategies with several stages
+        add their own names (rlhf: ``"reward_model_before"``, ``"reward_model_after"``).
     :param metrics: metric values by name (``eval_loss``, ``perplexity``, ``rougeL``, ...).
     """
 
