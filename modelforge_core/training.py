@@ -195,7 +195,9 @@ def trainer_arguments(config: Mapping[str, Any], *, output_dir: str, logging_dir
         # A float below 1 is a ratio of the total steps; 1.0 would read as "one step".
         kwargs["warmup_steps"] = min(float(config["warmup_ratio"]), 0.999999)
     if logging_dir is not None:
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", logging_dir)
+        # transformers 5 reads the TensorBoard folder from the environment only; each run
+        # (several may share a process: tests, the API worker) logs into its own folder.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = logging_dir
         if "logging_dir" in fields:
             kwargs["logging_dir"] = logging_dir
     import torch
