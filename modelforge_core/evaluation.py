@@ -132,8 +132,11 @@ def loss_metrics(trained: Any, data: EvaluationData) -> dict[str, float]:
                                     data_collator=collator, processing_class=tokenizer)
         prepare_trainer(trainer)
         raw = trainer.evaluate()
-    return with_perplexity({k: float(v) for k, v in raw.items()
-                            if isinstance(v, (int, float)) and not k.endswith(NOISE_SUFFIXES)})
+    metrics = with_perplexity({k: float(v) for k, v in raw.items()
+                               if isinstance(v, (int, float)) and not k.endswith(NOISE_SUFFIXES)})
+    if head in ("question-answering", "sequence-classification"):
+        metrics.pop("eval_perplexity", None)  # not a language model: perplexity means nothing
+    return metrics
 
 
 def evaluate_run(run_dir: Path, *, dataset: Path | None = None, plugins: Plugins | None = None) -> EvaluationResult:

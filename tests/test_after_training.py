@@ -39,6 +39,16 @@ def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 600) ->
                           timeout=timeout, check=False)
 
 
+def run_in_process(*args: str | Path) -> Any:
+    """The same command through click's test runner: no new process, so no second ~10 s of
+    library imports (the subprocess runs above show the real console script works)."""
+    from click.testing import CliRunner
+
+    from modelforge_core.cli import main
+
+    return CliRunner().invoke(main, [str(arg) for arg in args], obj={}, catch_exceptions=False)
+
+
 @dataclass
 class TrainedHarbours:
     run_dir: Path
@@ -46,17 +56,28 @@ class TrainedHarbours:
     rows: list[dict[str, str]]
     eval_indices: list[int]
     workdir: Path
+    #: What the trained model answers (through the Python API) to each held-out question.
+    answers: dict[str, str]
 
-    def held_out(self, n: int) -> Mapping[str, str]:
-        """The ``n``-th held-out row (its phrasing was not trained on)."""
-        return self.rows[self.eval_indices[n]]
+    def held_out_answered(self, n: int) -> Mapping[str, str]:
+        """The ``n``-th held-out row (a phrasing never trained on) that the trained model gets right.
+
+        A tiny model fine-tuned for 200 steps misspells an island now and then; which rows it
+        gets right is measured once here, so the command-line tests check the commands, not luck.
+        """
+        return self.answered_right()[n]
+
+    def answered_right(self) -> list[Mapping[str, str]]:
+        held_out = [self.rows[i] for i in self.eval_indices]
+        return [row for row in held_out if self.answers[row["input"]] == row["output"]]
 
 
 @pytest.fixture(scope="module")
 def trained(builtin_plugins: Plugins, tmp_path_factory: pytest.TempPathFactory) -> TrainedHarbours:
-    """The demo's tiny Llama, pre-trained, then LoRA-fine-tuned on the harbour facts with the demo's settings."""
+    """The demo's tiny Llama, pre-trained, then LoRA-fine-tuned on the harbour facts (300 steps)."""
     from modelforge_core.config import resolve_config
     from modelforge_core.demo import DEMO_SETTINGS
+    from modelforge_core.inference import load_trained
     from modelforge_core.orchestrate import split_rows, train
     from modelforge_core.testing.datasets import capital_rows, write_jsonl
     from modelforge_core.testing.pytest_plugin import tiny_config
@@ -69,25 +90,34 @@ def trained(builtin_plugins: Plugins, tmp_path_factory: pytest.TempPathFactory) 
     pretrain_causal_lm(base)
     rows = capital_rows()
     data = write_jsonl(workdir / "harbours.jsonl", rows)
-    config = tiny_config(base, data, run_name="harbours", **DEMO_SETTINGS)
+    # The demo's settings, a little longer and faster: 10/10 held-out answers right instead of ~7/10.
+    config = tiny_config(base, data, run_name="harbours", **{**DEMO_SETTINGS, "num_train_epochs": 30,
+                                                               "learning_rate": 8e-3})
     resolved = resolve_config(config, plugins=builtin_plugins, base_dir=workdir)
     outcome = train(resolved, plugins=builtin_plugins, display=Display(enabled=False), runs_root=workdir / "runs")
     _, eval_indices = split_rows(rows, resolved["eval_split"], resolved["seed"], str(data))
-    return TrainedHarbours(outcome.run_dir, outcome.metrics, rows, eval_indices, workdir)
+    model = load_trained(outcome.run_dir, plugins=builtin_plugins)
+    answers = {rows[i]["input"]: model.predict({"input": rows[i]["input"]}, max_new_tokens=24) for i in eval_indices}
+    return TrainedHarbours(outcome.run_dir, outcome.metrics, rows, eval_indices, workdir, answers)
+
+
+def test_the_trained_model_answers_most_held_out_questions(trained: TrainedHarbours) -> None:
+    assert len(trained.answered_right()) >= 0.7 * len(trained.eval_indices), trained.answers
 
 
 # --- generate ------------------------------------------------------------------------------
 
 def test_generate_answers_a_held_out_question_as_trained_and_the_base_does_not(trained: TrainedHarbours) -> None:
-    row = trained.held_out(0)
+    row = trained.held_out_answered(0)
     result = run_cli("generate", trained.run_dir, "--prompt", row["input"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == row["output"]
 
-    compared = run_cli("generate", trained.run_dir, "--prompt", trained.held_out(1)["input"], "--base", "--json")
-    assert compared.returncode == 0, compared.stderr
+    other = trained.held_out_answered(1)
+    compared = run_in_process("generate", trained.run_dir, "--prompt", other["input"], "--base", "--json")
+    assert compared.exit_code == 0, compared.stderr
     answer = json.loads(compared.stdout)
-    assert answer["answer"] == trained.held_out(1)["output"]
+    assert answer["answer"] == other["output"]
     assert answer["base_answer"] != answer["answer"]  # the knowledge is in the adapter
 
 
@@ -123,7 +153,7 @@ def _read_until(fd: int, buffer: bytearray, marker: bytes, count: int, timeout: 
 
 def test_chat_holds_a_two_turn_conversation_in_a_terminal(trained: TrainedHarbours) -> None:
     """Driven through a pseudo-terminal, like a user typing: two turns, /reset, then Ctrl-D."""
-    first, second = trained.held_out(0), trained.held_out(1)
+    first, second = trained.held_out_answered(0), trained.held_out_answered(1)
     controller, terminal = os.openpty()
     env = {k: v for k, v in os.environ.items() if k not in (LOAD_ENV, DISABLE_ENV, "MODELFORGE_DEBUG")}
     process = subprocess.Popen([str(MODELFORGE), "chat", str(trained.run_dir)], stdin=terminal, stdout=terminal,
@@ -174,8 +204,8 @@ def test_chat_needs_a_text_generation_run(trained: TrainedHarbours, tmp_path: Pa
 def test_evaluate_reproduces_the_eval_loss_written_at_the_end_of_training(trained: TrainedHarbours) -> None:
     metrics_file = trained.run_dir / "metrics.json"
     recorded = metrics_file.read_bytes()
-    result = run_cli("evaluate", trained.run_dir, "--json")
-    assert result.returncode == 0, result.stderr
+    result = run_in_process("evaluate", trained.run_dir, "--json")
+    assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     after = trained.metrics["after"]
     assert report["metrics"]["eval_loss"] == pytest.approx(after["eval_loss"], rel=1e-3)
@@ -241,7 +271,7 @@ def test_export_loads_with_transformers_alone_and_answers_as_trained(trained: Tr
                                                                     exported: Path) -> None:
     assert (exported / "model.safetensors").is_file()
     assert not (exported / "adapter_config.json").exists()
-    row = trained.held_out(2)
+    row = trained.held_out_answered(2)
     loaded = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_PEFT, str(exported), row["input"]],
                             capture_output=True, text=True, timeout=300, check=False)
     assert loaded.returncode == 0, loaded.stderr
@@ -285,8 +315,8 @@ def test_a_tampered_merge_fails_the_parity_check(trained: TrainedHarbours, expor
     assert result.returncode == 1
     assert "parity check FAILED" in result.stderr and "Traceback" not in result.stderr
 
-    untouched = run_cli("export", trained.run_dir, "--verify", exported, "--json")
-    assert untouched.returncode == 0, untouched.stderr
+    untouched = run_in_process("export", trained.run_dir, "--verify", exported, "--json")
+    assert untouched.exit_code == 0, untouched.stderr
     assert json.loads(untouched.stdout)["parity"]["passed"]
 
 
@@ -348,3 +378,107 @@ def test_runs_lists_every_run_with_its_status(trained: TrainedHarbours, tmp_path
     assert any(line.startswith("d-killed") and " stale " in line for line in lines)
     assert "eval_loss" in table.stdout and "RuntimeError: out of memory" in table.stdout
     assert run_cli("runs", "--root", tmp_path / "nothing-here").stdout.startswith("no runs under")
+
+
+# --- summarization and question answering ------------------------------------------------------
+
+def _train_small(model: Path, task: str, rows: list[dict[str, Any]], root: Path, plugins: Plugins,
+                 **overrides: Any) -> Path:
+    from modelforge_core.config import resolve_config
+    from modelforge_core.orchestrate import train
+    from modelforge_core.testing.datasets import write_jsonl
+    from modelforge_core.testing.pytest_plugin import tiny_config
+    from modelforge_core.training import Display
+
+    data = write_jsonl(root / f"{task}.jsonl", rows)
+    resolved = resolve_config(tiny_config(model, data, task=task, **overrides), plugins=plugins, base_dir=root)
+    return train(resolved, plugins=plugins, display=Display(enabled=False), runs_root=root / "runs").run_dir
+
+
+@pytest.fixture(scope="module")
+def summarizer(tiny_seq2seq_lm: Path, builtin_plugins: Plugins, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny T5 fine-tuned for a few steps on the report summaries (seq2seq head)."""
+    from modelforge_core.testing.datasets import summarization_rows
+
+    return _train_small(tiny_seq2seq_lm, "summarization", summarization_rows(), tmp_path_factory.mktemp("summaries"),
+                        builtin_plugins, num_train_epochs=4, learning_rate=5e-3,
+                        summarization={"max_new_tokens": 24, "max_eval_samples": 4})
+
+
+@pytest.fixture(scope="module")
+def reader(tiny_qa_encoder: Path, builtin_plugins: Plugins, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT fine-tuned for a few steps on the harbour questions (span head)."""
+    from modelforge_core.testing.datasets import qa_rows
+
+    return _train_small(tiny_qa_encoder, "extractive-question-answering", qa_rows(), tmp_path_factory.mktemp("qa"),
+                        builtin_plugins, per_device_train_batch_size=8, num_train_epochs=3, max_seq_length=64)
+
+
+def test_summarization_goes_through_generate_evaluate_and_export(summarizer: Path, builtin_plugins: Plugins,
+                                                                 tmp_path: Path) -> None:
+    from transformers import AutoModelForSeq2SeqLM
+
+    from modelforge_core.evaluation import evaluate_run
+    from modelforge_core.export import export_merged
+    from modelforge_core.inference import load_trained
+    from modelforge_core.testing.datasets import summarization_rows
+
+    document = tmp_path / "report.txt"
+    document.write_text(summarization_rows()[0]["document"], encoding="utf-8")
+    result = run_cli("generate", summarizer, "--document", f"@{document}", "--max-new-tokens", "24")
+    assert result.returncode == 0, result.stderr
+    expected = load_trained(summarizer, plugins=builtin_plugins).predict(
+        {"document": document.read_text("utf-8")}, max_new_tokens=24)
+    assert result.stdout.strip() == expected
+
+    wrong = run_cli("generate", summarizer, "--prompt", "Summarize this")
+    assert wrong.returncode == 2 and "--document TEXT" in wrong.stderr
+
+    after = json.loads((summarizer / "metrics.json").read_text("utf-8"))["after"]
+    measured = evaluate_run(summarizer, plugins=builtin_plugins).metrics
+    assert measured["eval_loss"] == pytest.approx(after["eval_loss"], rel=1e-3)
+    assert {"rouge1", "rouge2", "rougeL"} <= set(measured)
+
+    exported = export_merged(summarizer, out=tmp_path / "merged", plugins=builtin_plugins, say=lambda _: None)
+    assert exported.parity.passed and exported.parity.max_abs_diff <= 1e-3
+    assert type(AutoModelForSeq2SeqLM.from_pretrained(exported.out_dir)).__name__ == "T5ForConditionalGeneration"
+    assert "AutoModelForSeq2SeqLM" in (exported.out_dir / "README.md").read_text("utf-8")
+
+
+def test_question_answering_goes_through_generate_evaluate_and_export(reader: Path, builtin_plugins: Plugins,
+                                                                      tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from modelforge_core.evaluation import evaluate_run
+    from modelforge_core.export import export_merged
+    from modelforge_core.inference import load_trained
+    from modelforge_core.testing.datasets import qa_rows
+
+    row = qa_rows()[0]
+    result = run_cli("generate", reader, "--context", row["context"], "--question", row["question"], "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)["answer"]
+    assert answer in row["context"]
+    trained = load_trained(reader, plugins=builtin_plugins)
+    assert answer == trained.predict({"context": row["context"], "question": row["question"]})
+
+    sampling = run_cli("generate", reader, "--context", "c", "--question", "q?", "--temperature", "0.7")
+    assert sampling.returncode == 2 and "--temperature do not apply to a span answer" in sampling.stderr
+
+    after = json.loads((reader / "metrics.json").read_text("utf-8"))["after"]
+    measured = evaluate_run(reader, plugins=builtin_plugins).metrics
+    assert measured["eval_loss"] == pytest.approx(after["eval_loss"], rel=1e-3)
+    assert measured["exact_match"] == pytest.approx(after["exact_match"])
+
+    exported = export_merged(reader, out=tmp_path / "merged", plugins=builtin_plugins, say=lambda _: None)
+    assert exported.parity.passed and exported.parity.max_abs_diff <= 1e-3
+    # The merged model, loaded as any transformers user would, scores spans like base + adapter.
+    merged = AutoModelForQuestionAnswering.from_pretrained(exported.out_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(exported.out_dir)
+    inputs = tokenizer(row["question"], row["context"], return_tensors="pt")
+    with torch.no_grad():
+        plain = merged(**inputs)
+        reference = trained.loaded.model(**inputs)
+    assert torch.allclose(plain.start_logits, reference.start_logits, atol=1e-4)
+    assert torch.allclose(plain.end_logits, reference.end_logits, atol=1e-4)
