@@ -32,7 +32,7 @@ class EvaluationResult:
     file: Path
     dataset: dict[str, Any]
     metrics: dict[str, float]
-    #: The ``after`` metrics written at the end of training, for comparison.
+    #: The ``after`` metrics written at the end of training, for comparison (eval split only).
     training_metrics: dict[str, float]
 
     def to_json(self) -> dict[str, Any]:
@@ -159,7 +159,9 @@ def evaluate_run(run_dir: Path, *, dataset: Path | None = None, plugins: Plugins
     metrics = loss_metrics(trained, data)
     metrics.update(trained.task.evaluate(trained.loaded, data.eval_rows, config=config))
     training_metrics = {}
-    if run.file(METRICS_FILE).is_file():
+    # Only the run's own eval split is what the end-of-training metrics measured (a preference
+    # run's eval_loss is even another loss): no comparison for a file of the user's choice.
+    if dataset is None and run.file(METRICS_FILE).is_file():
         training_metrics = dict(run.read_json(METRICS_FILE).get("after") or {})
     folder = run.path / EVALUATIONS_DIR
     folder.mkdir(exist_ok=True)

@@ -223,6 +223,7 @@ def test_evaluate_on_another_file_and_refuses_a_changed_dataset(trained: Trained
 
     everything = evaluate_run(trained.run_dir, dataset=trained.workdir / "harbours.jsonl")
     assert everything.dataset["split"] == "all" and everything.dataset["rows"] == len(trained.rows)
+    assert everything.training_metrics == {}  # other rows than the end-of-training evaluation: no comparison
     # Mostly rows it trained on: a lower loss than on the held-out split alone.
     assert everything.metrics["eval_loss"] < trained.metrics["before"]["eval_loss"]
 
@@ -331,6 +332,24 @@ def test_an_export_that_fails_its_check_is_set_aside(trained: TrainedHarbours, t
     assert not out.exists()
     assert (tmp_path / "strict.failed" / "model.safetensors").is_file()
     assert not list(tmp_path.glob(".strict.tmp-*"))
+
+
+def test_a_4bit_run_is_merged_into_the_base_reloaded_unquantized(tiny_causal_lm: Path, sample_dataset: Any,
+                                                                  run_training: Any, tmp_path: Path) -> None:
+    from modelforge_core.export import export_merged
+    from modelforge_core.testing.pytest_plugin import tiny_config
+
+    outcome = run_training(tiny_config(tiny_causal_lm, sample_dataset("text-generation"), strategy="qlora",
+                                       use_4bit=True, max_steps=8, eval_steps=1000))
+    messages: list[str] = []
+    result = export_merged(outcome.run_dir, out=tmp_path / "merged", say=messages.append)
+    assert result.dequantized == "4-bit (nf4)"
+    assert any("reloaded unquantized in float16" in message for message in messages)
+    assert result.dtype == "float16"  # the run's compute dtype
+    assert result.parity.passed, result.parity.describe()
+    saved = json.loads((result.out_dir / "config.json").read_text("utf-8"))
+    assert "quantization_config" not in saved and saved["dtype"] == "float16"
+    assert "reloaded unquantized" in (result.out_dir / "README.md").read_text("utf-8")
 
 
 # --- runs ------------------------------------------------------------------------------------
