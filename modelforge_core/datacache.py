@@ -31,7 +31,6 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +113,9 @@ def source_digest(module_name: str) -> str:
 
 
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    from .runs import package_versions
+
+    return package_versions(LIBRARIES)
 
 
 def cache_key(rows: Sequence[Mapping[str, Any]], tokenizer: Any, config: Mapping[str, Any], *, shape: str,

@@ -13,7 +13,6 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +82,9 @@ def set_offline_environment(model_name: str) -> None:
 
 
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    from .runs import package_versions
+
+    return package_versions(LIBRARIES)
 
 
 def build_manifest(config: Mapping[str, Any], plugins: Plugins, data: Dataset, hardware: Any,

@@ -21,9 +21,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,17 @@ CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "logs"
 
 STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """Installed versions of ``names`` (``None`` when absent), for manifests and cache keys."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def now_iso() -> str:
