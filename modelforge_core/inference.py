@@ -39,6 +39,7 @@ def load_trained(run_dir: Path, *, plugins: Plugins | None = None, adapter: str 
                  with_adapter: bool = True) -> TrainedRun:
     """Load the run's base model with its trained adapter (or without, to compare)."""
     from .orchestrate import set_offline_environment
+    from .quantization import keep_4bit_trainable
     from .training import quiet_libraries
 
     plugins = plugins or get_plugins()
@@ -57,4 +58,6 @@ def load_trained(run_dir: Path, *, plugins: Plugins | None = None, adapter: str 
     loaded = provider.load(LoadRequest(
         model_name=config["model_name"], head=head, config=config, new_adapter=False,
         adapter_path=adapter_path if with_adapter else None, for_training=False))
+    # Same 4-bit layout as during training: the metrics compare across CPUs and with the run's.
+    keep_4bit_trainable(loaded.model)
     return TrainedRun(run, config, task, provider, head, loaded)

@@ -22,6 +22,7 @@ from .config import ResolvedConfig
 from .data import Dataset, check_dataset
 from .errors import ModelForgeError, Problem, RunError, ValidationFailed
 from .plugins import Plugins, get_plugins
+from .quantization import four_bit_guard_callback, keep_4bit_trainable, quiet_kernel_notice
 from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
 from .schema import schema_version
 from .training import Display, Interrupted, StopFlag, catch_interruptions, make_run_callback
@@ -131,6 +132,7 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     ``force``: train even when the memory plan says the config cannot fit this machine.
     """
     plugins = plugins or get_plugins()
+    quiet_kernel_notice()
     main_process = _is_main_process()
     # Under accelerate/torchrun only the main process talks: progress, messages, the log.
     display = (display or Display()) if main_process else Display(enabled=False)
@@ -219,7 +221,10 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         set_seed(config["seed"])
         request = LoadRequest(model_name=kwargs.pop("model_name", config["model_name"]), head=head,
                               config=config.data, **kwargs)
-        return provider.load(request)
+        loaded = provider.load(request)
+        # Every provider's model, every strategy: no 4-bit layer in an inference-only layout.
+        keep_4bit_trainable(loaded.model)
+        return loaded
 
     def save(loaded: LoadedModel, name: str) -> Path:
         from .launch import adapter_for_save, save_adapter_state, write_rank_hash
@@ -243,7 +248,8 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         config=config.data, task=task, provider=provider, run=info,
         train_rows=[data.rows[i] for i in split[0]], eval_rows=[data.rows[i] for i in split[1]],
         shape=data.shape, load_model=load_model, trainer_arguments=trainer_arguments,
-        callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag)], head=head,
+        callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag), four_bit_guard_callback()],
+        head=head,
         resume_from=checkpoint, save=save, report=report, say=display.message,
         stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
     )

@@ -302,6 +302,25 @@ def test_causal_lm_rejects_bad_sizes(tmp_path: Path) -> None:
         tiny.build_tiny_causal_lm(tmp_path, hidden_size=30)
     with pytest.raises(ValueError, match="num_layers"):
         tiny.build_tiny_causal_lm(tmp_path, num_layers=0)
+    with pytest.raises(ValueError, match="architecture"):
+        tiny.build_tiny_causal_lm(tmp_path, architecture="gpt2")  # type: ignore[arg-type]
+
+
+def test_qwen2_variant_has_biased_attention_projections_and_generates(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tiny.build_tiny_causal_lm(tmp_path, architecture="qwen2")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.model_type == "qwen2"
+    attention = model.model.layers[0].self_attn
+    assert all(getattr(attention, name).bias is not None for name in ("q_proj", "k_proj", "v_proj"))
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 3 or out[0, -1].item() == tok.eos_token_id
 
 
 @pytest.mark.parametrize("builder", [tiny.build_tiny_seq2seq_lm, tiny.build_tiny_qa_encoder])

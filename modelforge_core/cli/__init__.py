@@ -86,8 +86,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 
     Start with `modelforge validate CONFIG`, then `modelforge train CONFIG`.
     """
+    from ..quantization import quiet_kernel_notice
+
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    quiet_kernel_notice()
 
 
 def run() -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
 import click
 
 from .output import dump_json
+
+if TYPE_CHECKING:
+    from ..hardware import Machine
+    from ..quantization import FourBitTrainingCheck
 
 
 @click.command()
@@ -20,6 +27,9 @@ def doctor(as_json: bool) -> None:
 
     machine = detect_machine()
     report = machine.to_json()
+    training = four_bit_training(machine)
+    if training is not None:
+        report["bitsandbytes"]["training"] = asdict(training)
     if as_json:
         dump_json(report)
         return
@@ -46,6 +56,9 @@ def doctor(as_json: bool) -> None:
     else:
         state = "4-bit runs" if bnb.runs else f"cannot run here ({bnb.reason})"
         click.echo(f"bitsandbytes   {bnb.version}, {state} on {bnb.device}")
+    if training is not None:
+        verdict = "works" if training.works else "FAILS"
+        click.echo(f"4-bit training {verdict} on {training.device}: {training.reason}")
     click.echo(f"unsloth        {'installed' if machine.unsloth_installed else 'not installed'}")
     click.echo("libraries      " + ", ".join(f"{name} {version or '-'}" for name, version in machine.versions.items()))
     click.echo(f"precision      {report['precision']} for profiles that say \"auto\" (all the built-in ones)")
@@ -57,3 +70,12 @@ def doctor(as_json: bool) -> None:
     click.echo(f"  {profile['description']}")
     for task, models in profile.get("recommended_models", {}).items():
         click.echo(f"  {task}: {', '.join(models)}")
+
+
+def four_bit_training(machine: Machine) -> FourBitTrainingCheck | None:
+    """A real tiny 4-bit training on the training device, when bitsandbytes runs there."""
+    if not machine.bitsandbytes.runs:
+        return None
+    from ..quantization import check_4bit_training
+
+    return check_4bit_training(machine.target.device)

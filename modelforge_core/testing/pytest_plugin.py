@@ -57,12 +57,51 @@ def _isolated_data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("MODELFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("modelforge-cache")))
 
 
+#: Set to 1 to run every test as on a CPU with AVX-512 BF16 (bitsandbytes' CPU repack switch on).
+FORCE_REPACK_ENV = "MODELFORGE_FORCE_BNB_CPU_REPACK"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bnb_cpu_repack_from_environment() -> Any:
+    """``MODELFORGE_FORCE_BNB_CPU_REPACK=1``: the whole session takes the branch of a CPU with
+    AVX-512 BF16 (see :func:`force_bnb_cpu_repack`), whatever this CPU has."""
+    import os
+
+    if os.environ.get(FORCE_REPACK_ENV) != "1":
+        yield None
+        return
+    import importlib
+
+    modules: Any = importlib.import_module("bitsandbytes.nn.modules")
+    original = modules.has_avx512bf16
+    modules.has_avx512bf16 = lambda: True
+    try:
+        yield None
+    finally:
+        modules.has_avx512bf16 = original
+
+
 @pytest.fixture(scope="session")
 def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-init Llama with a byte-level BPE tokenizer and a ChatML template (no pad token)."""
     from .tiny import build_tiny_causal_lm
 
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init Qwen2 (biased q/k/v projections) with the same tokenizer as ``tiny_causal_lm``."""
+    from .tiny import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-qwen2-lm"), architecture="qwen2")
+
+
+@pytest.fixture
+def force_bnb_cpu_repack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turn on bitsandbytes' AVX-512 BF16 CPU repack switch for every ``Linear4bit`` built during
+    the test, as on a CPU with that flag (the repack is plain torch: it runs on any CPU)."""
+    monkeypatch.setattr("bitsandbytes.nn.modules.has_avx512bf16", lambda: True)
 
 
 @pytest.fixture(scope="session")

@@ -517,8 +517,9 @@ def build_tiny_causal_lm(
     pad_token: bool = False,
     hidden_size: int = 64,
     num_layers: int = 2,
+    architecture: Literal["llama", "qwen2"] = "llama",
 ) -> Path:
-    """Build a tiny random Llama causal LM with a ChatML BPE tokenizer.
+    """Build a tiny random Llama (or Qwen2) causal LM with a ChatML BPE tokenizer.
 
     The folder loads with ``AutoModelForCausalLM`` and also with
     ``AutoModelForSequenceClassification`` (e.g. ``num_labels=1`` for a reward
@@ -532,25 +533,33 @@ def build_tiny_causal_lm(
         pad_token: Whether the tokenizer (and config) get a ``<|pad|>`` token.
         hidden_size: Model width (a multiple of 8; 4 attention heads, 2 KV heads).
         num_layers: Number of decoder layers.
+        architecture: ``"llama"`` (no bias anywhere) or ``"qwen2"``, whose
+            q/k/v projections carry a bias, like Qwen2 and Qwen2.5 (what a
+            4-bit test needs to cover biased quantized layers).
 
     Returns:
         ``Path(out_dir)``.
 
     Raises:
         ValueError: If ``hidden_size`` is not a positive multiple of 8 (4 heads
-            with an even head size for rotary embeddings) or ``num_layers < 1``.
+            with an even head size for rotary embeddings), ``num_layers < 1``
+            or ``architecture`` is unknown.
     """
     if hidden_size <= 0 or hidden_size % 8 != 0:
         raise ValueError(f"hidden_size must be a positive multiple of 8, got {hidden_size}")
     if num_layers < 1:
         raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+    if architecture not in ("llama", "qwen2"):
+        raise ValueError(f"architecture must be 'llama' or 'qwen2', got {architecture!r}")
 
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer("bpe", corpus, vocab_size, True, pad_token)
-    config = LlamaConfig(
+    config_class: Any = LlamaConfig if architecture == "llama" else Qwen2Config
+    model_class: type[PreTrainedModel] = LlamaForCausalLM if architecture == "llama" else Qwen2ForCausalLM
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -565,7 +574,7 @@ def build_tiny_causal_lm(
     )
 
     def factory() -> PreTrainedModel:
-        model = LlamaForCausalLM(config)
+        model = model_class(config)
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
