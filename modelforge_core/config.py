@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, Problem, UsageError, ValidationFailed
 from .jsonpos import loads_with_lines
-from .schema import canonical_schema, effective_schema, validate_instance
+from .schema import effective_schema, validate_instance
 
 if TYPE_CHECKING:
     from .plugins import Plugins
@@ -438,10 +438,11 @@ def root_problems(values: Mapping[str, Any], root: Path) -> list[Problem]:
 
 def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
                    plugins: Plugins | None = None, base_dir: Path | None = None,
-                   check_environment: bool = True, data_root: Path | None = None) -> ResolvedConfig:
+                   data_root: Path | None = None) -> ResolvedConfig:
     """Validate the user's config (file + overrides) and resolve it with defaults and profile.
 
-    Raises :class:`ValidationFailed` with every problem found.
+    Raises :class:`ValidationFailed` with every problem found. The verdict is the schema's alone:
+    whether this environment can run the config is :mod:`modelforge_core.readiness`'s question.
     """
     from .plugins import get_plugins
     from .profiles import profile_values
@@ -469,8 +470,6 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     ]
     if data_root is not None:
         problems += root_problems(user, data_root)
-    if not problems:
-        problems = _environment_problems(user, plugins) if check_environment else []
     if problems:
         raise ValidationFailed(problems)
     selected = [user.get(k, schema["properties"][k].get("default")) for k in ("task", "strategy", "provider")]
@@ -492,16 +491,3 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     values.update((k, v) for k, v in merged.items() if k not in values)
     return ResolvedConfig(values, sources, file)
 
-
-def _environment_problems(values: Mapping[str, Any], plugins: Plugins) -> list[Problem]:
-    problems = []
-    schema_props = canonical_schema()["properties"]
-    for field_name in ("task", "strategy", "provider"):
-        name = values.get(field_name, schema_props[field_name].get("default"))
-        component = plugins.registry.of_kind(field_name).get(name)
-        if component is None:
-            continue
-        message = component.check_environment()
-        if message:
-            problems.append(Problem(field_name, message, code="environment"))
-    return problems

@@ -136,6 +136,9 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     main_process = _is_main_process()
     # Under accelerate/torchrun only the main process talks: progress, messages, the log.
     display = (display or Display()) if main_process else Display(enabled=False)
+    from .readiness import require_runnable
+
+    require_runnable(config, plugins)
     registry = plugins.registry
     task = registry.tasks[config["task"]]
     strategy = registry.strategies[config["strategy"]]
@@ -143,12 +146,6 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     from .launch import check_scaling, sharding_from_environment
 
     check_scaling(config, processes=_process_count(), sharding=sharding_from_environment())
-    for component in (task, strategy, provider):
-        message = component.check_environment()
-        if message:
-            from .errors import EnvironmentProblem
-
-            raise EnvironmentProblem(message)
     data = check_dataset(config, plugins=plugins)
     split = split_rows(data.rows, config["eval_split"], config["seed"], data.file)
     set_offline_environment(config["model_name"])

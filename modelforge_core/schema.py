@@ -71,6 +71,64 @@ def compatibility_rules(registry: Registry) -> list[dict[str, Any]]:
     return rules
 
 
+def _canonical_compatibility() -> list[dict[str, Any]]:
+    return [r for r in canonical_schema()["allOf"] if r.get("$comment") == "compatibility"]
+
+
+def canonical_allows(names: Mapping[str, str]) -> bool:
+    """Whether the canonical schema's compatibility rules accept these component names together
+    (``{"task": ..., "strategy": ...}``)."""
+    from jsonschema import Draft202012Validator
+
+    return bool(Draft202012Validator({"allOf": _canonical_compatibility()}).is_valid(dict(names)))
+
+
+def _selected_by(rule: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``("task", "summarization")`` for a rule that starts "if task is summarization"."""
+    props = rule.get("if", {}).get("properties", {})
+    if len(props) == 1:
+        field, condition = next(iter(props.items()))
+        if "const" in condition:
+            return str(field), str(condition["const"])
+    return None
+
+
+def rules_with_missing_builtins(derived: list[dict[str, Any]], registry: Registry) -> list[dict[str, Any]]:
+    """Compatibility rules for a registry that lacks some components the canonical schema names.
+
+    Such a name stays valid wherever the canonical schema accepts it: each rule derived from an
+    installed component also admits the missing canonical names the canonical rules allow with
+    it, and the canonical rules about a missing component are kept as they are. With every
+    built-in installed, ``derived`` comes back unchanged.
+    """
+    props = canonical_schema()["properties"]
+    missing = {field: [n for n in props[field]["enum"] if n not in registry.of_kind(kind)]
+               for field, kind in COMPONENT_FIELDS.items()}
+    if not any(missing.values()):
+        return derived
+    rules = []
+    for original in derived:
+        selected = _selected_by(original)
+        if selected is None or not original.get("then", {}).get("properties"):
+            rules.append(original)
+            continue
+        rule = copy.deepcopy(original)
+        added = []
+        for field, allowed in rule["then"]["properties"].items():
+            extra = [n for n in missing.get(field, []) if canonical_allows({selected[0]: selected[1], field: n})]
+            if extra:
+                rule["then"]["properties"][field] = _one_of_names(list(allowed.get("enum", [])) + extra)
+                added += [f"{field} {name}" for name in extra]
+        if added:
+            rule["description"] += f" Not installed here, but accepted by the canonical schema: {', '.join(added)}."
+        rules.append(rule)
+    for rule in _canonical_compatibility():
+        selected = _selected_by(rule)
+        if selected is not None and selected[1] in missing.get(selected[0], []):
+            rules.append(rule)
+    return rules
+
+
 def _nothing() -> dict[str, Any]:
     """A schema no value matches. Not ``false``: python-jsonschema reports the error of a
     ``false`` property schema at the parent object, Ajv at the property; both report
@@ -118,11 +176,10 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
     for field, kind in COMPONENT_FIELDS.items():
         canonical_order = props[field]["enum"]
         installed = _allowed(registry, kind)
-        props[field]["enum"] = [n for n in canonical_order if n in installed] + sorted(
-            n for n in installed if n not in canonical_order
-        )
+        # Names the canonical schema accepts stay valid where their plugin is missing.
+        props[field]["enum"] = list(canonical_order) + sorted(n for n in installed if n not in canonical_order)
     rules = [r for r in schema["allOf"] if r.get("$comment") != "compatibility"]
-    rules.extend(compatibility_rules(registry))
+    rules.extend(rules_with_missing_builtins(compatibility_rules(registry), registry))
     for component in registry.components():
         if component.options_schema is not None:
             fragment = copy.deepcopy(dict(component.options_schema))

@@ -74,7 +74,7 @@ def test_validate_invalid_names_every_problem_with_its_line(modelforge: Run, inv
 def test_validate_json_valid(modelforge: Run, valid_config: Path) -> None:
     result = modelforge("validate", valid_config, "--json")
     assert result.returncode == 0
-    assert json.loads(result.stdout) == {"valid": True, "file": str(valid_config)}
+    assert json.loads(result.stdout) == {"valid": True, "file": str(valid_config), "warnings": []}
 
 
 def test_validate_json_errors_shape(modelforge: Run, invalid_config: Path) -> None:

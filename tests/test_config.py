@@ -24,7 +24,7 @@ PROFILES_DIR = Path(__file__).resolve().parents[1] / "modelforge_core" / "profil
 
 def _problems(config: dict[str, Any], plugins: Plugins, **kwargs: Any) -> list[Problem]:
     with pytest.raises(ValidationFailed) as failure:
-        resolve_config(config, plugins=plugins, check_environment=False, **kwargs)
+        resolve_config(config, plugins=plugins, **kwargs)
     return failure.value.problems
 
 
@@ -130,7 +130,7 @@ def test_three_mistakes_are_all_named_with_their_lines(tmp_path: Path, builtin_p
 
 def _problems_of_file(path: Path, plugins: Plugins, overrides: dict[str, Any] | None = None) -> list[Problem]:
     with pytest.raises(ValidationFailed) as failure:
-        resolve_config(load_document(path), overrides=overrides, plugins=plugins, check_environment=False)
+        resolve_config(load_document(path), overrides=overrides, plugins=plugins)
     return failure.value.problems
 
 

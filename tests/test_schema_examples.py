@@ -141,13 +141,13 @@ def test_resolve_config_verdict(example: Example, builtin_plugins: Plugins) -> N
     document = load_document(example.path)
     if not example.valid_under_effective_schema():
         with pytest.raises(ValidationFailed) as failure:
-            resolve_config(document, plugins=builtin_plugins, check_environment=False)
+            resolve_config(document, plugins=builtin_plugins)
         problems = failure.value.problems
         # Messages name installed plugins here (see the effective-schema test): paths only.
         _assert_matches(example, problems, check_messages=False)
         assert all(p.line for p in problems if p.path != "(root)"), problems
         return
-    resolved = resolve_config(document, plugins=builtin_plugins, check_environment=False)
+    resolved = resolve_config(document, plugins=builtin_plugins)
     # The resolved config is complete and valid on its own.
     assert not validate_instance(resolved.data, effective_schema(builtin_plugins.registry), builtin_plugins)
     assert set(canonical_schema()["required"]) <= set(resolved)
@@ -344,3 +344,37 @@ def test_every_reference_field_has_the_reference_default() -> None:
         else:
             assert prop["default"] == default, name
             assert type(prop["default"]) is type(default), name
+
+
+# --- the verdict does not depend on which built-ins are installed (issue 16) -----------------------
+
+#: Installations that lack plugins: the core alone (what a CI linter or a frontend's back end
+#: installs), and the built-ins without the unsloth provider and the dpo strategy.
+PARTIAL_INSTALLS: dict[str, dict[str, Any]] = {
+    "core-alone": {"entry_points": False},
+    "without-unsloth-and-dpo": {"environ": {"MODELFORGE_DISABLE_PLUGINS": "provider-unsloth,strategy-dpo"}},
+}
+
+
+@pytest.mark.parametrize("install", sorted(PARTIAL_INSTALLS))
+def test_partial_installs_give_the_canonical_verdict_in_python_and_ajv(install: str, tmp_path: Path) -> None:
+    """Names the canonical schema accepts are valid without their plugin; Ajv on that
+    installation's effective schema agrees with Python on every example, paths included."""
+    from modelforge_core.plugins import load_plugins
+
+    plugins = load_plugins(**PARTIAL_INSTALLS[install])
+    assert set(plugins.registry.providers) != {"huggingface", "unsloth"}, "the install must lack something"
+    schema = effective_schema(plugins.registry)
+    Draft202012Validator.check_schema(schema)
+    path = tmp_path / "effective.schema.json"
+    path.write_text(json.dumps(schema), "utf-8")
+    ajv = _ajv_verdicts(path, ALL)
+    for example in ALL:
+        problems = validate_instance(example.config(), schema, plugins)
+        verdict = ajv[example.name]
+        assert verdict["valid"] == (not problems), (example.name, verdict, problems)
+        paths = {p.path for p in problems}
+        assert _ajv_paths(verdict, paths) == {_pointer(p) for p in paths}, example.name
+        if not example.uses_plugins:
+            assert (not problems) == example.valid, (example.name, [f"{p.path}: {p.message}" for p in problems])
+            _assert_matches(example, problems, check_messages=False)

@@ -171,6 +171,29 @@ def test_a_valid_config_resolves_with_its_sources_and_checks_the_dataset(light: 
     assert body["sources"]["lora_r"] == "file:request" and body["config"]["lora_r"] == 16
 
 
+def test_a_valid_config_this_environment_cannot_run_is_refused_at_submission(light: ServerProcess,
+                                                                              builtin_plugins: Any) -> None:
+    """Issue 16: valid (with its warning) at /validate, refused as `modelforge train` refuses it
+    (exit 3 there, 422 here) at /jobs, with the same message, and no job is created."""
+    from modelforge_core.config import resolve_config
+    from modelforge_core.readiness import environment_problems
+
+    config = tiny_config(MODEL, DATASET, provider="unsloth", max_steps=10)
+    expected = environment_problems(resolve_config(config, plugins=builtin_plugins), builtin_plugins)
+    if not expected:
+        pytest.skip("this environment can run the unsloth provider: nothing to refuse")
+    validated = light.request("POST", "/api/v1/validate", json_body=config)
+    assert validated.status_code == 200, validated.text
+    assert validated.json()["warnings"] == expected
+    before = light.request("GET", "/api/v1/jobs").json()["jobs"]
+    submitted = light.request("POST", "/api/v1/jobs", json_body=config)
+    assert submitted.status_code == 422, submitted.text
+    error = submitted.json()["error"]
+    assert error["code"] == "cannot_run_here"
+    assert all(message in error["message"] for message in expected)
+    assert light.request("GET", "/api/v1/jobs").json()["jobs"] == before
+
+
 def test_the_schema_and_plugins_are_what_the_cli_prints(light: ServerProcess, modelforge: Run) -> None:
     schema = modelforge("schema")
     assert schema.returncode == 0

@@ -29,11 +29,13 @@ def plan(ctx: click.Context, config: Path, overrides: tuple[str, ...], gpu_gb: f
     from ..hardware import MemoryTarget, memory_target
     from ..plan import describe, make_plan
     from ..plugins import get_plugins
+    from ..readiness import require_runnable
     from ..schema import effective_schema
 
     plugins = get_plugins()
     resolved = resolve_config(load_document(config), overrides=parse_overrides(overrides, effective_schema(
-        plugins.registry)), plugins=plugins, check_environment=False)
+        plugins.registry)), plugins=plugins)
+    require_runnable(resolved, plugins)
     if gpu_gb is not None:
         target = MemoryTarget("cuda", f"{gpu_gb:g} GiB GPU", gpu_gb, "--gpu", bf16=True, fp16=True)
     else:

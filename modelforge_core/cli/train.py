@@ -59,6 +59,9 @@ def train(config: Path | None, overrides: tuple[str, ...], resume: Path | None, 
             raise UsageError("give a CONFIG file, or --resume RUN_DIR")
         resolved = resolve_config(load_document(config), overrides=parse_overrides(overrides, schema),
                                   plugins=plugins, data_root=data_root)
+    from ..readiness import require_runnable
+
+    require_runnable(resolved, plugins)  # exit 3 before anything heavy loads
     if launcher is not None:
         from ..launch import LAUNCHER_OPTIONS, forwarded_arguments, launch_training
 

@@ -24,7 +24,8 @@ def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_dat
     """Check CONFIG against the schema and the installed plugins.
 
     Reports every problem at once, each with its JSON path and line. Exit code 0 when valid,
-    2 when not.
+    2 when not. The verdict is the schema's, the same in every environment: a valid config whose
+    plugin or package is missing here is valid, with a warning saying what training needs.
     """
     from ..config import load_document, parse_overrides, resolve_config
     from ..plugins import get_plugins
@@ -59,8 +60,12 @@ def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_dat
                 {"path": "(root)", "message": str(exc), "code": "usage", "file": "--set"}]})
             raise SystemExit(2) from None
         raise
+    from ..readiness import environment_problems
+
+    # Valid is the schema's verdict; what this environment lacks to train it is a warning.
+    warnings = environment_problems(result, plugins)
     if as_json:
-        out = {"valid": True, "file": str(config)}
+        out: dict[str, object] = {"valid": True, "file": str(config), "warnings": warnings}
         if resolved:
             out.update(result.to_json())
         if data_summary is not None:
@@ -69,6 +74,10 @@ def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_dat
         return
     summary = f"{result['task']} / {result['strategy']} / {result['provider']}, profile {result['compute_specs']}"
     click.secho(f"{config}: OK ({summary})", fg="green")
+    for warning in warnings:
+        click.secho(f"warning: {warning}", fg="yellow")
+    if warnings:
+        click.echo("  valid, but `modelforge train` refuses to start it in this environment until then (exit 3)")
     if data_summary is not None:
         click.echo(f"{data_summary.file}: {data_summary.describe()}")
     if resolved:

@@ -34,6 +34,7 @@ from ..config import Document, ResolvedConfig, resolve_config, resolve_paths
 from ..errors import ConfigError, ValidationFailed
 from ..jsonpos import loads_with_lines
 from ..plugins import Plugins, get_plugins
+from ..readiness import environment_problems
 from ..runs import CONFIG_FILE, default_run_name
 from ..schema import effective_schema
 from ..web import STATIC_DIR
@@ -352,7 +353,8 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
         document = await service.read_document(request)
         check_data = _flag(request, "data")
         resolved, data = await anyio.to_thread.run_sync(lambda: service.resolve(document, check_data=check_data))
-        out: dict[str, Any] = {"valid": True, "file": REQUEST_FILE}
+        out: dict[str, Any] = {"valid": True, "file": REQUEST_FILE,
+                               "warnings": environment_problems(resolved, service.plugins)}
         if _flag(request, "resolved"):
             out.update(resolved.to_json())
         if data is not None:
@@ -373,6 +375,10 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
 
         def prepare() -> Job:
             resolved, data = service.resolve(document, check_data=True)
+            problems = environment_problems(resolved, service.plugins)
+            if problems:  # what `modelforge train` refuses with exit 3
+                raise ApiError(422, "cannot_run_here", "this environment cannot run the config: "
+                               + "; ".join(problems))
             job_id = new_job_id()
             active = {Path(j.run_dir) for j in service.store.all() if j.state not in TERMINAL}
             if resolved.get("output_dir"):
