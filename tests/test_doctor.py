@@ -28,6 +28,10 @@ def test_doctor_json_reports_cpu_memory_versions_and_a_recommendation(
     assert set(report["versions"]) == set(LIBRARIES)
     assert report["versions"]["torch"] and report["versions"]["transformers"] and report["versions"]["peft"]
     assert report["bitsandbytes"]["installed"] and report["bitsandbytes"]["runs"]
+    training = report["bitsandbytes"]["training"]  # a real tiny 4-bit training (issue 16)
+    assert training["works"] is True, training["reason"]
+    assert training["device"] == report["device"]["device"]
+    assert "optimizer steps through biased and bias-free 4-bit layers after an evaluation" in training["reason"]
     assert report["unsloth"]["installed"] in (True, False)
     device = report["device"]
     # Whatever this machine is, the recommendation is the rule applied to its figures.
@@ -49,6 +53,7 @@ def test_doctor_prints_the_profile_and_why(monkeypatch: pytest.MonkeyPatch) -> N
     lines = result.stdout.splitlines()
     assert any(line.startswith("system memory") for line in lines)
     assert any(line.startswith("libraries") and "torch" in line for line in lines)
+    assert any(line.startswith("4-bit training works on ") for line in lines), lines
     assert any(line.startswith("assumed") and "12 GiB" in line for line in lines)
     [profile_line] = [line for line in lines if line.startswith("compute_specs")]
     profile = profile_line.split()[-1]

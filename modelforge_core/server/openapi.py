@@ -74,6 +74,9 @@ SCHEMAS: dict[str, Any] = {
     "Valid": {
         "type": "object", "required": ["valid"],
         "properties": {"valid": {"const": True}, "file": {"type": "string"},
+                       "warnings": {"type": "array", "items": {"type": "string"},
+                                    "description": "What this installation lacks to train the (valid) config: "
+                                                   "a job submitted with it is refused (422 cannot_run_here)."},
                        "config": {"type": "object", "description": "The resolved config (with ?resolved=true)."},
                        "sources": {"type": "object", "additionalProperties": {"type": "string"}},
                        "data": {"type": "object", "properties": {"file": {"type": "string"},
@@ -174,7 +177,9 @@ def openapi_spec() -> dict[str, Any]:
                 "Start a training", {
                     "202": _json(_ref("Job"), "Queued; the Location header names the job."),
                     "400": validation["400"], "409": _error("output_dir is in use already."),
-                    "413": validation["413"], "415": validation["415"]},
+                    "413": validation["413"], "415": validation["415"],
+                    "422": _error("Valid, but this installation cannot run it (cannot_run_here: a plugin or "
+                                  "package is missing; what `modelforge train` refuses with exit 3).")},
                 description="Validates the config and its dataset, then queues the training. The worker "
                             "runs one job at a time by default, oldest first.",
                 requestBody=CONFIG_BODY,
