@@ -43,7 +43,10 @@ def is_packed_for_cpu_inference(module: Any) -> bool:
 
 def packed_4bit_layers(model: Any) -> list[str]:
     """Names of the 4-bit layers of ``model`` left in the inference-only CPU layout."""
-    return [name for name, module in model.named_modules() if is_packed_for_cpu_inference(module)]
+    named = getattr(model, "named_modules", None)
+    if not callable(named):
+        return []
+    return [name for name, module in named() if is_packed_for_cpu_inference(module)]
 
 
 def keep_4bit_trainable(model: Any) -> int:
@@ -51,10 +54,14 @@ def keep_4bit_trainable(model: Any) -> int:
 
     Turns off each layer's CPU repack switch (so an eval-mode forward without gradients no longer
     repacks it) and unpacks any layer already repacked, with bitsandbytes' own inverse. Returns the
-    number of 4-bit layers seen; a model without any costs one walk over its modules.
+    number of 4-bit layers seen; a model without any costs one walk over its modules, and an
+    object that is not a torch module (a third-party provider's own wrapper) is left alone.
     """
+    modules = getattr(model, "modules", None)
+    if not callable(modules):
+        return 0
     layers = 0
-    for module in model.modules():
+    for module in modules():
         if not hasattr(module, CPU_REPACK_SWITCH):
             continue
         layers += 1

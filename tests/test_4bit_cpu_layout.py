@@ -121,6 +121,9 @@ def test_the_trainer_callback_unpacks_a_layer_packed_by_an_evaluation() -> None:
     assert packed_4bit_layers(model) == []
     model[0](torch.randn(2, 64))
     assert packed_4bit_layers(model) == []
+    # A provider's own wrapper that is not a torch module is left alone.
+    assert keep_4bit_trainable(object()) == 0
+    assert packed_4bit_layers(object()) == []
 
 
 def test_the_missing_hub_kernel_notice_stays_out_of_the_output() -> None:
