@@ -136,16 +136,15 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     main_process = _is_main_process()
     # Under accelerate/torchrun only the main process talks: progress, messages, the log.
     display = (display or Display()) if main_process else Display(enabled=False)
+    from .launch import check_scaling, sharding_from_environment
     from .readiness import require_runnable
 
+    check_scaling(config, processes=_process_count(), sharding=sharding_from_environment())
     require_runnable(config, plugins)
     registry = plugins.registry
     task = registry.tasks[config["task"]]
     strategy = registry.strategies[config["strategy"]]
     provider = registry.providers[config["provider"]]
-    from .launch import check_scaling, sharding_from_environment
-
-    check_scaling(config, processes=_process_count(), sharding=sharding_from_environment())
     data = check_dataset(config, plugins=plugins)
     split = split_rows(data.rows, config["eval_split"], config["seed"], data.file)
     set_offline_environment(config["model_name"])
