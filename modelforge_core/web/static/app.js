@@ -130,7 +130,14 @@ async function serverCheck(config) {
     const report = await api("/validate?resolved=true", { method: "POST", body: config });
     if (seq !== checkSeq) return;
     form.showResolved(report.config, report.sources);
-    setStatus("valid: ready to start", "ok");
+    const warnings = report.warnings || [];
+    if (warnings.length) {
+      // Valid, but this installation lacks a plugin or package: the server would refuse the job.
+      showProblems(warnings);
+      setStatus("valid, but this server cannot train it: " + warnings.join("; "), "bad");
+    } else {
+      setStatus("valid: ready to start", "ok");
+    }
   } catch (error) {
     if (seq !== checkSeq) return;
     if (error.status === 400 && error.body.errors) {
