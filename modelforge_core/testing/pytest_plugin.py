@@ -12,7 +12,7 @@ Importing this module is cheap (no torch): fixtures import what they need when u
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,13 @@ FORCE_REPACK_ENV = "MODELFORGE_FORCE_BNB_CPU_REPACK"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _bnb_cpu_repack_from_environment() -> Any:
+def _bnb_cpu_repack_from_environment() -> Iterator[None]:
     """``MODELFORGE_FORCE_BNB_CPU_REPACK=1``: the whole session takes the branch of a CPU with
     AVX-512 BF16 (see :func:`force_bnb_cpu_repack`), whatever this CPU has."""
     import os
 
     if os.environ.get(FORCE_REPACK_ENV) != "1":
-        yield None
+        yield
         return
     import importlib
 
@@ -76,7 +76,7 @@ def _bnb_cpu_repack_from_environment() -> Any:
     original = modules.has_avx512bf16
     modules.has_avx512bf16 = lambda: True
     try:
-        yield None
+        yield
     finally:
         modules.has_avx512bf16 = original
 
