@@ -24,6 +24,8 @@ JSON_ARRAY_LIMIT = 32 << 20
 PREVIEW_STRING_CHARS = 400
 MAX_PREVIEW_ROWS = 50
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+#: Longer paths are refused before the filesystem sees them.
+MAX_PATH_CHARS = 1024
 
 
 class FileProblem(Exception):
@@ -40,10 +42,14 @@ def inside(path: Path, root: Path) -> bool:
 
 def resolve_inside(root: Path, given: str) -> Path:
     """``given`` (relative to ``root``, or absolute) resolved, refused unless it stays in ``root``."""
-    if not given or "\0" in given:
-        raise FileProblem(400, "bad_path", "give a path relative to the data root")
+    if not given or "\0" in given or len(given) > MAX_PATH_CHARS:
+        raise FileProblem(400, "bad_path", "give a path relative to the data root (no NUL byte, at most "
+                          f"{MAX_PATH_CHARS} characters)")
     candidate = Path(given).expanduser()
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    try:
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    except (OSError, RuntimeError):  # a symlink loop, a component too long for the filesystem
+        raise FileProblem(400, "bad_path", "the path cannot be resolved (a symlink loop, a name too long?)") from None
     if not inside(resolved, root):
         raise FileProblem(403, "outside_root", f"{given} is outside the data root: only files under it can be used")
     return resolved
