@@ -113,10 +113,10 @@ class ValidationFailed(ModelForgeError):
     def __init__(self, problems: list[Problem], *, subject: str = "config",
                  omitted: int = 0) -> None:
         self.problems = problems
-        self.subject = subject
+        self.subject = shorten(subject, MAX_VALUE_CHARS + 20)
         self.omitted = omitted
         n = len(problems) + omitted
-        super().__init__(f"{subject} is invalid: {n} problem{'s' if n != 1 else ''}")
+        super().__init__(f"{self.subject} is invalid: {n} problem{'s' if n != 1 else ''}")
 
 
 class PluginError(ModelForgeError):

@@ -75,15 +75,25 @@ def describe_error(exc: OSError | ValueError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def read_file(path: str | Path, *, limit: int | None = None) -> FileBytes:
-    """The whole content of the regular file at ``path`` (symlinks followed), read once.
+def read_head(path: str | Path, size: int) -> bytes:
+    """At most the first ``size`` bytes of the regular file at ``path`` (for previews); the same
+    checks and errors as :func:`read_file`."""
+    fd = _open_regular(path)
+    try:
+        chunks: list[bytes] = []
+        left = size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
-    :param limit: refuse a file larger than this many bytes (:class:`FileTooLarge`); ``None``: no
-        bound (datasets may be large; a regular file ends).
-    :raises FileNotFoundError, IsADirectoryError, PermissionError: as ``open`` would.
-    :raises NotRegularFile: a FIFO, a device or a socket.
-    :raises ValueError: the path holds a NUL byte.
-    """
+
+def _open_regular(path: str | Path) -> int:
     name = os.fspath(path)
     if "\0" in name:
         raise ValueError("embedded null byte")
@@ -94,8 +104,26 @@ def read_file(path: str | Path, *, limit: int | None = None) -> FileBytes:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", name)
         if not stat.S_ISREG(info.st_mode):
             raise NotRegularFile(f"is {_kind(info.st_mode)}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_file(path: str | Path, *, limit: int | None = None) -> FileBytes:
+    """The whole content of the regular file at ``path`` (symlinks followed), read once.
+
+    :param limit: refuse a file larger than this many bytes (:class:`FileTooLarge`); ``None``: no
+        bound (datasets may be large; a regular file ends).
+    :raises FileNotFoundError, IsADirectoryError, PermissionError: as ``open`` would.
+    :raises NotRegularFile: a FIFO, a device or a socket.
+    :raises ValueError: the path holds a NUL byte.
+    """
+    fd = _open_regular(path)
+    try:
+        info = os.fstat(fd)
         if limit is not None and info.st_size > limit:
-            raise FileTooLarge(f"is {info.st_size:,} bytes, more than the {limit:,} allowed")
+            raise FileTooLarge(f"is {info.st_size:,} bytes, more than the {limit:,} bytes allowed")
         chunks: list[bytes] = []
         size = 0
         while True:

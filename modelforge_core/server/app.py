@@ -401,7 +401,7 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
                                    "choose another one, or leave output_dir out")
                 problem = output_dir_problem(run_dir)
                 if problem:
-                    raise ApiError(400, "bad_output_dir", problem.replace(str(run_dir), settings.relative(run_dir)))
+                    raise ApiError(400, "bad_output_dir", problem.replace(str(settings.data_root) + os.sep, ""))
                 summary = job_summary(resolved, len(data.rows))
                 config = resolve_paths(dict(document.data), settings.data_root)
                 return service.store.create(config, run_dir, force=force, summary=summary, job_id=job_id)
