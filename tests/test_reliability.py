@@ -11,9 +11,9 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -216,7 +216,8 @@ ROUND_TWO_CASES = [
          ["train", "c.json"], ["output_dir", "is a file, not a folder"], exit_code=1),
     data_case("data-fifo", "", ["pipe.jsonl", "FIFO (named pipe)"], dataset="pipe.jsonl")
     .with_setup(fifo("pipe.jsonl")),
-    data_case("data-dev-zero", "", ["not a regular file"], dataset="zero.jsonl").with_setup(link("zero.jsonl", "/dev/zero")),
+    data_case("data-dev-zero", "", ["not a regular file"], dataset="zero.jsonl")
+    .with_setup(link("zero.jsonl", "/dev/zero")),
     data_case("data-dev-urandom", "", ["not a regular file"], dataset="/dev/urandom"),
     data_case("data-huge-integer", GOOD_ROW + '{"input": "a", "output": "b", "n": ' + HUGE + "}\n",
               ["data.jsonl:2", "invalid JSON", "digits"]),
@@ -277,6 +278,8 @@ def test_reliability_doc_lists_every_case_with_its_test() -> None:
     doc = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| `([a-z0-9-]+)` \|.*\| `(tests/[^`]+)` \|$", doc, flags=re.M)
     assert len(rows) >= 40
+    stated = re.search(r"The table lists \*\*(\d+) cases\*\*", doc)
+    assert stated and int(stated.group(1)) == len(rows), "update the count of cases in docs/reliability.md"
     documented = {case_id for case_id, _ in rows}
     assert set(CASES) <= documented, set(CASES) - documented
     for case_id, test in rows:

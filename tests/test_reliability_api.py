@@ -9,20 +9,19 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
+from test_reliability import CASES, GOOD_ROW
 
 from modelforge_core.cli import main
 from modelforge_core.errors import UsageError
 from modelforge_core.plugins import Plugins
 from modelforge_core.server.app import create_app
 from modelforge_core.server.settings import ServerSettings, token_weakness
-from test_reliability import CASES, GOOD_ROW
 
 GOOD_CONFIG = {"task": "text-generation", "model_name": "./model", "dataset": "data.jsonl", "compute_specs": "low_end"}
 
@@ -181,7 +180,7 @@ def _run(folder: Path, **files: Any) -> Path:
 
 
 @pytest.fixture
-def runs_root(tmp_path: Path) -> Iterator[Path]:
+def runs_root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     runs = root / "runs"
     _run(runs / "good")
@@ -189,8 +188,8 @@ def runs_root(tmp_path: Path) -> Iterator[Path]:
     _run(runs / "truncated-config", **{"config.json": '{"config": {"task": "text-gen'})
     _run(runs / "list-config", **{"config.json": "[1, 2]"})
     _run(runs / "model-folder", **{"config.json": {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}})
-    _run(runs / "fifo-config", **{"config.json": lambda p: os.mkfifo(p)})
-    _run(runs / "fifo-status", **{"status.json": lambda p: os.mkfifo(p)})
+    _run(runs / "fifo-config", **{"config.json": os.mkfifo})
+    _run(runs / "fifo-status", **{"status.json": os.mkfifo})
     _run(runs / "zero-metrics", **{"metrics.json": lambda p: p.symlink_to("/dev/zero")})
     _run(runs / "odd-values", **{"metrics.json": {"before": [1], "after": {"eval_loss": "low"}},
                                  "status.json": {"status": "finished", "global_step": "x", "error": 5},
@@ -198,7 +197,7 @@ def runs_root(tmp_path: Path) -> Iterator[Path]:
     _run(runs / "binary-status", **{"status.json": "\x00\xff garbage"})
     (runs / "config-folder").mkdir()
     (runs / "config-folder" / "config.json").mkdir()
-    yield root
+    return root
 
 
 def test_damaged_runs_are_listed_as_damaged_and_the_rest_shown(runs_root: Path, builtin_plugins: Plugins,
@@ -252,3 +251,25 @@ def test_serve_refuses_a_weak_token_in_one_sentence(tmp_path: Path, monkeypatch:
     result = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--data-root", str(tmp_path)], obj={})  # noqa: S104
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "needs a real secret" in result.output and "token_urlsafe" in result.output
+
+
+# --- the manifest's fingerprint ------------------------------------------------------------------------
+
+def test_the_fingerprint_is_of_the_bytes_that_were_read(tmp_path: Path, builtin_plugins: Plugins) -> None:
+    """A file replaced right after it was read (a run starting while the file is rewritten): the
+    fingerprint and the rows both describe the bytes that were read, never a second read."""
+    import hashlib
+
+    from modelforge_core.data import check_dataset
+
+    config = {"task": "text-generation", "strategy": "sft"}
+    for name, first, second in (("data.jsonl", GOOD_ROW * 3, GOOD_ROW * 7),
+                                ("data.json", json.dumps([json.loads(GOOD_ROW)] * 2), "[]")):
+        path = tmp_path / name
+        path.write_text(first)
+        data = check_dataset({**config, "dataset": str(path)}, plugins=builtin_plugins)
+        path.write_text(second)
+        assert data.fingerprint == "sha256:" + hashlib.sha256(first.encode()).hexdigest()
+        assert len(data.rows) == (3 if name == "data.jsonl" else 2)
+        again = check_dataset({**config, "dataset": str(path)}, plugins=builtin_plugins) if second != "[]" else None
+        assert again is None or again.fingerprint == "sha256:" + hashlib.sha256(second.encode()).hexdigest()
