@@ -182,7 +182,7 @@ class RunDir:
         """An existing run folder (for ``--resume``, ``generate``, ``evaluate``, ...)."""
         if not path.is_dir():
             raise RunError(f"{path} is not a folder")
-        if not (path / CONFIG_FILE).is_file():
+        if not (path / CONFIG_FILE).exists():
             raise RunError(f"{path} is not a ModelForge run folder (no {CONFIG_FILE})")
         run = cls(path)
         document = run.read_json(CONFIG_FILE)
