@@ -484,6 +484,9 @@ def run_supervised(job: TrainingJob, **extra_arguments: Any) -> TrainResult:
         from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
         max_length = choose_max_length(job.config, train_ds, tokenizer, model, job.say)
+        from .preflight import check_completions_fit
+
+        check_completions_fit(train_ds, eval_ds, max_length, packing=job.config["packing"], say=job.say)
         args = SFTConfig(**job.trainer_arguments(
             args_class=SFTConfig, has_eval=eval_ds is not None, max_length=max_length,
             packing=job.config["packing"], completion_only_loss=True, dataset_num_proc=None,

@@ -323,3 +323,21 @@ def test_sigterm_as_soon_as_the_run_says_running_is_a_graceful_stop(setup: dict[
     assert process.returncode == 130, stderr
     status = _status(out)
     assert status["status"] == "interrupted" and status["signal"] == "SIGTERM", status
+
+
+# --- validate says OK, then training: what only the tokenizer knows ----------------------------------
+
+def test_rows_longer_than_max_seq_length_are_named_before_training(setup: dict[str, Any], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelforge_core.cli import main
+
+    rows = [{"input": "word " * 60 + str(i), "output": "answer"} for i in range(12)]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "c.json").write_text(json.dumps(tiny_config(setup["model"], tmp_path / "long.jsonl",
+                                                            max_seq_length=16, max_steps=3)))
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["validate", "c.json", "--data"], obj={}).exit_code == 0  # only rows, no tokenizer
+    result = CliRunner().invoke(main, ["train", "c.json"], obj={})
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert "max_seq_length: every one of the" in result.output and "before its answer starts" in result.output
