@@ -195,9 +195,7 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
     if flag.is_set():
         raise Interrupted(f"stopped by {flag.signal_name} before training started; nothing was written")
     if resume is not None:
-        run = RunDir.open(resume)
-        if main_process:
-            held.append(lock_run(run.path))  # before any write; a second writer is refused here
+        run = _open_for_resume(resume, held)
         status = run.status().get("status")
         if status == "finished":
             raise RunError(f"{resume} finished already: nothing to resume")
@@ -336,6 +334,21 @@ def _create_run(config: Mapping[str, Any], root: Path | None, held: list[RunLock
         run = create()
     os.environ["MODELFORGE_RUN_DIR"] = str(run.path)
     return run
+
+
+def _open_for_resume(resume: Path, held: list[RunLock]) -> RunDir:
+    """Open the run and, in the main process, take its lock before any write (a second writer
+    is refused here); under several processes the others learn the outcome by broadcast."""
+    def open_and_lock() -> RunDir:
+        run = RunDir.open(resume)
+        held.append(lock_run(run.path))
+        return run
+
+    if _process_count() > 1:
+        from .launch import share_run_dir
+
+        return share_run_dir(open_and_lock)
+    return open_and_lock()
 
 
 def _step_of(checkpoint: Path | None) -> int:
