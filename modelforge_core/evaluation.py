@@ -146,11 +146,14 @@ def evaluate_run(run_dir: Path, *, dataset: Path | None = None, plugins: Plugins
     plugins = plugins or get_plugins()
     run = RunDir.open(run_dir)
     config = run.config()
-    strategy = plugins.registry.strategies.get(config["strategy"])
+    from .schema import canonical_schema
+
+    strategy_name = config.get("strategy") or canonical_schema()["properties"]["strategy"]["default"]
+    strategy = plugins.registry.strategies.get(strategy_name)
     if strategy is None:
-        raise RunError(f"{run.path} was trained with strategy {config['strategy']!r}, which is not installed here")
+        raise RunError(f"{run.path} was trained with strategy {strategy_name!r}, which is not installed here")
     if dataset is None and strategy.data_shape != "supervised":
-        raise UsageError(f"{run.path} trained on {strategy.data_shape} pairs ({config['strategy']}): its preference "
+        raise UsageError(f"{run.path} trained on {strategy.data_shape} pairs ({strategy_name}): its preference "
                          "metrics are in metrics.json; give --dataset FILE with supervised rows to measure "
                          "the model's loss on them")
     if dataset is not None and not dataset.is_file():

@@ -57,8 +57,11 @@ def load_run_model(run: RunDir, provider: Provider, request: LoadRequest) -> Loa
 
 def run_components(run: RunDir, config: dict[str, Any], plugins: Plugins) -> tuple[Task, Provider]:
     """The task and provider a run was trained with; a clear error when one is not installed."""
+    from .schema import canonical_schema
+
+    provider = config.get("provider") or canonical_schema()["properties"]["provider"]["default"]
     try:
-        return plugins.registry.tasks[config["task"]], plugins.registry.providers[config["provider"]]
+        return plugins.registry.tasks[config["task"]], plugins.registry.providers[provider]
     except KeyError as exc:
         raise RunError(f"{run.path} was trained with {exc.args[0]!r}, which is not installed here") from None
 

@@ -192,7 +192,7 @@ class RunDir:
                 raise RunError(f"{path} is a model folder, not a ModelForge run folder: give a run folder "
                                "(one that `modelforge train` made)")
             raise DamagedRun(f"{path / CONFIG_FILE} is damaged: it holds no saved config")
-        missing = [key for key in ("task", "strategy", "provider", "model_name") if not isinstance(saved.get(key), str)]
+        missing = [key for key in ("task", "model_name") if not isinstance(saved.get(key), str)]
         if missing:
             raise DamagedRun(f"{path / CONFIG_FILE} is damaged: the saved config has no {', '.join(missing)}")
         return run
