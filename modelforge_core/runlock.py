@@ -2,8 +2,10 @@
 
 Before a training writes anything into its run folder (a new run, or ``--resume``), it takes an
 exclusive ``flock`` on ``RUN/.lock``. The lock belongs to the open file, so it ends when its holder
-exits, however it exits (SIGKILL, out of memory): there is no stale lock to clean up. A second
-writer (another ``--resume``, a second server job, a ``train`` with the same ``output_dir``) is
+exits, however it exits (SIGKILL, out of memory): a lock file left behind locks nothing. A
+writer that ends normally removes the file.
+
+A second writer (another ``--resume``, a second server job, a ``train`` with the same ``output_dir``) is
 refused with one sentence naming the holder, and changes nothing in the folder: it opens the lock
 file without truncating it and writes nothing else.
 
@@ -14,6 +16,7 @@ process of their own, which takes the lock like any other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import IO
@@ -35,8 +38,14 @@ class RunLock:
         return self._handle is not None and not self._handle.closed
 
     def release(self) -> None:
+        """Remove the lock file, then drop the lock (closing the file drops the flock): a finished
+        run folder holds no trace of it. A writer that opened the old file meanwhile sees it was
+        removed and opens the new one (:func:`lock_run` checks the inode)."""
         if self._handle is not None and not self._handle.closed:
-            self._handle.close()  # closing the file drops the flock
+            # Gone already, or a read-only folder: the lock still ends with the close.
+            with contextlib.suppress(OSError):
+                (self.path / LOCK_FILE).unlink()
+            self._handle.close()
 
     def __enter__(self) -> RunLock:
         return self
@@ -58,27 +67,36 @@ def lock_run(folder: Path) -> RunLock:
     reported here, before any training starts.
     """
     lock_path = folder / LOCK_FILE
-    try:
-        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held open on purpose)
-    except OSError as exc:
-        raise RunError(f"cannot write into the run folder {folder}: {exc.strerror or exc}; "
-                       "choose a folder this user can write") from None
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one writer per folder is up to the user
+    for _attempt in range(10):
+        try:
+            handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held open on purpose)
+        except OSError as exc:
+            raise RunError(f"cannot write into the run folder {folder}: {exc.strerror or exc}; "
+                           "choose a folder this user can write") from None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one writer per folder is up to the user
+            return RunLock(folder, handle)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(handle)
+            handle.close()
+            raise RunError(f"{folder} is being written by another training{holder}: one writer per run folder. "
+                           "Wait for it to end (or stop it), then try again; nothing was changed") from None
+        try:
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current != os.fstat(handle.fileno()).st_ino:  # its holder removed it as we opened it
+            handle.close()
+            continue
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
         return RunLock(folder, handle)
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = _holder(handle)
-        handle.close()
-        raise RunError(f"{folder} is being written by another training{holder}: one writer per run folder. "
-                       "Wait for it to end (or stop it), then try again; nothing was changed") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return RunLock(folder, handle)
+    raise RunError(f"cannot lock the run folder {folder}: its lock file keeps changing")
 
 
 def claim_new_run(folder: Path, *, given: bool) -> RunLock:

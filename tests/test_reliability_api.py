@@ -273,3 +273,26 @@ def test_the_fingerprint_is_of_the_bytes_that_were_read(tmp_path: Path, builtin_
         assert len(data.rows) == (3 if name == "data.jsonl" else 2)
         again = check_dataset({**config, "dataset": str(path)}, plugins=builtin_plugins) if second != "[]" else None
         assert again is None or again.fingerprint == "sha256:" + hashlib.sha256(second.encode()).hexdigest()
+
+
+# --- the run folder's lock (the two-process test is in test_reliability_runs.py) ---------------------
+
+def test_the_run_lock_refuses_a_second_writer_and_leaves_no_file(tmp_path: Path) -> None:
+    from modelforge_core.errors import RunError
+    from modelforge_core.runlock import LOCK_FILE, claim_new_run, lock_run
+
+    first = lock_run(tmp_path)
+    with pytest.raises(RunError, match=rf"being written by another training \(process {os.getpid()}\)"):
+        lock_run(tmp_path)
+    assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
+    first.release()
+    assert not (tmp_path / LOCK_FILE).exists(), "a writer that ends removes its lock file"
+    (tmp_path / LOCK_FILE).write_text("999999")  # left by a killed process: it locks nothing
+    lock_run(tmp_path).release()
+    (tmp_path / "config.json").write_text("{}")  # another training wrote here between check and lock
+    with pytest.raises(RunError, match="not empty"):
+        claim_new_run(tmp_path, given=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(RunError, match="cannot write into the run folder"):
+        lock_run(tmp_path / "a-file")
