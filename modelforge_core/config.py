@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, Problem, UsageError, ValidationFailed
+from .errors import ConfigError, Problem, UsageError, ValidationFailed, shorten
 from .jsonpos import loads_with_lines
 from .schema import effective_schema, validate_instance
 
@@ -50,14 +50,17 @@ def load_document(path: str | Path) -> Document:
     the line and column."""
     file = Path(path)
     shown = str(path)
+    from .safeio import MAX_CONFIG_BYTES, describe_error, read_file
+
+    shown = shorten(shown, 300)
     try:
-        raw = file.read_bytes()
+        raw = read_file(file, limit=MAX_CONFIG_BYTES).data
     except FileNotFoundError:
         raise ConfigError("config file not found", file=shown) from None
     except IsADirectoryError:
         raise ConfigError("is a folder, not a config file", file=shown) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file: {exc.strerror}", file=shown) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the config file: {describe_error(exc)}", file=shown) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -86,6 +89,9 @@ _YAML_BOOL = r"^(?:true|True|TRUE|false|False|FALSE)$"
 _YAML_INT = r"^[-+]?[0-9]+$"
 _YAML_FLOAT = r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"
 _YAML_DROPPED_TAGS = {"bool", "int", "float", "timestamp"}
+#: Bounds on a YAML document with its aliases expanded (a config holds a few dozen values).
+MAX_YAML_NODES = 10_000
+MAX_YAML_CHARS = 1 << 20
 
 
 @lru_cache(maxsize=1)
@@ -108,11 +114,17 @@ def _yaml_loader() -> type[Any]:
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_YAML_FLOAT), list("-+0123456789."))
 
     def construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+        from .jsonpos import MAX_NUMBER_CHARS
+
         text = str(loader.construct_scalar(node))
+        if len(text) > MAX_NUMBER_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number of {len(text):,} characters is too long (at most {MAX_NUMBER_CHARS})",
+                node.start_mark)
         try:
             return int(text)
         except ValueError:
-            raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer",
+            raise yaml.constructor.ConstructorError(None, None, f"{shorten(repr(text))} is not an integer",
                                                     node.start_mark) from None
 
     def construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
@@ -123,7 +135,7 @@ def _yaml_loader() -> type[Any]:
             value = math.nan
         if not math.isfinite(value):
             raise yaml.constructor.ConstructorError(
-                None, None, f"{text!r} is not a finite number (JSON has no NaN or infinity)",
+                None, None, f"{shorten(repr(text))} is not a finite number (JSON has no NaN or infinity)",
                 node.start_mark)
         return value
 
@@ -135,9 +147,27 @@ def _yaml_loader() -> type[Any]:
 def _load_yaml(text: str, shown: str) -> Document:
     import yaml
 
+    from .jsonpos import MAX_DEPTH, lone_surrogate
+
     lines: dict[tuple[str | int, ...], int] = {}
+    # An alias is the node it names, visited again: without a bound, a 1 KB file of nested
+    # aliases ("billion laughs") expands to gigabytes. Count every visit and the text it holds.
+    visited = [0, 0]
 
     def record(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        visited[0] += 1
+        if isinstance(node, yaml.ScalarNode):
+            visited[1] += len(node.value)
+        if visited[0] > MAX_YAML_NODES or visited[1] > MAX_YAML_CHARS:
+            raise ConfigError(f"aliases expand the document beyond {MAX_YAML_NODES:,} values or "
+                              f"{MAX_YAML_CHARS:,} characters: write the values out instead of repeating "
+                              "anchors (*alias)", file=shown, line=node.start_mark.line + 1)
+        if len(path) > MAX_DEPTH:
+            raise ConfigError(f"invalid YAML: nested too deeply (more than {MAX_DEPTH} levels)", file=shown,
+                              line=node.start_mark.line + 1)
+        if isinstance(node, yaml.ScalarNode) and lone_surrogate(node.value) is not None:
+            raise ConfigError("invalid YAML: a lone surrogate escape (\\ud800-\\udfff) is not a Unicode "
+                              "character", file=shown, line=node.start_mark.line + 1)
         lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
@@ -145,13 +175,13 @@ def _load_yaml(text: str, shown: str) -> Document:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
-                    raise ConfigError(f"keys must be strings, got {key_node.value!r} (quote it)",
+                    raise ConfigError(f"keys must be strings, got {shorten(repr(key_node.value))} (quote it)",
                                       file=shown, line=key_node.start_mark.line + 1,
                                       column=key_node.start_mark.column + 1)
                 key = str(key_node.value)
                 if key in seen:
-                    raise ConfigError(f"duplicate key {key!r}", file=shown, line=key_node.start_mark.line + 1,
-                                      column=key_node.start_mark.column + 1)
+                    raise ConfigError(f"duplicate key {shorten(repr(key))}", file=shown,
+                                      line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
                 seen.add(key)
                 child = (*path, key)
                 record(value_node, child)
@@ -347,20 +377,51 @@ def _looks_like_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or "\\" in value
 
 
+#: A path value longer than this is refused (Linux's PATH_MAX).
+MAX_PATH_CHARS = 4096
+
+
+def _unusable_path(value: str) -> str | None:
+    """Why no filesystem call can take ``value`` (checked before any is made), or ``None``."""
+    if "\0" in value:
+        return "the path contains a NUL byte"
+    if len(value) > MAX_PATH_CHARS:
+        return f"the path is {len(value):,} characters long, more than the {MAX_PATH_CHARS} a path may have"
+    return None
+
+
+def path_problems(values: Mapping[str, Any]) -> list[Problem]:
+    """Path fields (and ``model_name``) that no filesystem call can take: a NUL byte, too long."""
+    problems = []
+    for key in (*PATH_FIELDS, MODEL_FIELD):
+        value = values.get(key)
+        reason = _unusable_path(value) if isinstance(value, str) else None
+        if reason:
+            problems.append(Problem(key, reason, code="bad_path", extra={"json_path": [key]}))
+    return problems
+
+
 def resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make relative paths absolute against ``base`` (the config file's folder)."""
+    """Make relative paths absolute against ``base`` (the config file's folder); a value no
+    filesystem call can take is left as it is (:func:`path_problems` reports it)."""
     out = dict(values)
     for key in PATH_FIELDS:
         value = out.get(key)
-        if isinstance(value, str) and value.strip():
+        if isinstance(value, str) and value.strip() and not _unusable_path(value):
             path = Path(value).expanduser()
-            out[key] = str(path if path.is_absolute() else (base / path).resolve())
+            try:
+                out[key] = str(path if path.is_absolute() else (base / path).resolve())
+            except (OSError, RuntimeError):  # a symlink loop, a component too long: reported later
+                continue
     model = out.get(MODEL_FIELD)
-    if isinstance(model, str) and model.strip():
+    if isinstance(model, str) and model.strip() and not _unusable_path(model):
         candidate = Path(model).expanduser()
         local = candidate if candidate.is_absolute() else base / candidate
-        if _looks_like_path(model) or local.exists():
-            out[MODEL_FIELD] = str(local.resolve())
+        try:
+            if _looks_like_path(model) or local.exists():
+                out[MODEL_FIELD] = str(local.resolve())
+        except (OSError, RuntimeError):
+            pass
     return out
 
 
@@ -429,7 +490,14 @@ def root_problems(values: Mapping[str, Any], root: Path) -> list[Problem]:
             continue
         if key == MODEL_FIELD and not Path(value).is_absolute():
             continue  # a hub ID, not a path
-        resolved = Path(value).resolve()
+        if _unusable_path(value):
+            continue  # path_problems() says why
+        try:
+            resolved = Path(value).resolve()
+        except (OSError, RuntimeError):
+            problems.append(Problem(key, f"{value} cannot be resolved (a symlink loop, a name too long?)",
+                                    code="bad_path"))
+            continue
         if resolved != allowed and allowed not in resolved.parents:
             problems.append(Problem(key, f"{value} is outside the allowed data root {allowed}", code="outside_root",
                                     hint="only files under --data-root can be used"))
@@ -466,7 +534,8 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
         # A value given with --set has no line in the file: say where it came from instead.
         Problem(p.path, p.message, p.hint, p.code, "--set", None, p.extra)
         if _in_overrides(overrides, p.extra.get("json_path", [])) else p
-        for p in document_problems(validate_instance(user, schema, plugins), source_document)
+        for p in document_problems(validate_instance(user, schema, plugins) + path_problems(user),
+                                   source_document)
     ]
     if data_root is not None:
         problems += root_problems(user, data_root)

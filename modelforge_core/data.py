@@ -32,6 +32,8 @@ class Dataset:
     lines: list[int]
     shape: str
     shapes: Counter[str] = field(default_factory=Counter)
+    #: ``sha256:<hex>`` of exactly the bytes these rows were parsed from (one read of the file).
+    fingerprint: str = ""
 
     def describe(self) -> str:
         return f"{len(self.rows)} rows OK ({self.shape})"
@@ -45,6 +47,8 @@ class _Collector:
         self.file = file
         self.problems: list[Problem] = []
         self.omitted = 0
+        #: The fingerprint of the bytes read, set by :func:`iter_rows`.
+        self.fingerprint = ""
 
     def add(self, line: int | None, path: str, message: str, code: str, hint: str | None = None) -> None:
         if len(self.problems) < MAX_PROBLEMS:
@@ -58,8 +62,10 @@ class _Collector:
 
 def iter_rows(path: Path, collector: _Collector) -> Iterator[tuple[int, Any]]:
     """Yield ``(line, value)`` for every row; unreadable input is recorded in ``collector``."""
+    from .safeio import describe_error, read_file
+
     try:
-        raw = path.read_bytes()
+        read = read_file(path)
     except FileNotFoundError:
         collector.add(None, "dataset", "dataset file not found", "missing_file",
                       "dataset paths in a config file are relative to the config file's folder")
@@ -67,9 +73,11 @@ def iter_rows(path: Path, collector: _Collector) -> Iterator[tuple[int, Any]]:
     except IsADirectoryError:
         collector.add(None, "dataset", "is a folder, not a dataset file", "missing_file")
         return
-    except OSError as exc:
-        collector.add(None, "dataset", f"cannot read the dataset: {exc.strerror}", "unreadable")
+    except (OSError, ValueError) as exc:
+        collector.add(None, "dataset", f"cannot read the dataset: {describe_error(exc)}", "unreadable",
+                      "a dataset must be a regular file (not a pipe, a device or a socket)")
         return
+    raw, collector.fingerprint = read.data, read.fingerprint
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -108,7 +116,44 @@ def iter_rows(path: Path, collector: _Collector) -> Iterator[tuple[int, Any]]:
             collector.add(number, "(row)", f"invalid JSON: {exc.msg} (column {exc.colno})", "json",
                           "each line must hold one complete JSON object")
             continue
+        except RecursionError:
+            collector.add(number, "(row)", f"invalid JSON: nested too deeply (more than {MAX_ROW_DEPTH} levels)",
+                          "json")
+            continue
+        except ValueError as exc:  # Python's int-string limit: a number of thousands of digits
+            collector.add(number, "(row)", f"invalid JSON: {exc}", "json")
+            continue
+        problem = value_problem(value)
+        if problem is not None:
+            collector.add(number, "(row)", problem, "json")
+            continue
         yield number, value
+
+
+#: Rows nested deeper than this are refused (no task reads below a few levels).
+MAX_ROW_DEPTH = 100
+
+
+def value_problem(value: Any) -> str | None:
+    """Why a parsed row cannot be trained on though it is valid JSON: nesting deeper than
+    :data:`MAX_ROW_DEPTH` or a lone surrogate (``"\\ud800"``, not encodable as UTF-8) in a string."""
+    from .jsonpos import lone_surrogate
+
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if lone_surrogate(item) is not None:
+                return "a lone surrogate escape (\\ud800-\\udfff) is not a Unicode character; fix the text"
+        elif isinstance(item, (dict, list)):
+            if depth >= MAX_ROW_DEPTH:
+                return f"nested too deeply (more than {MAX_ROW_DEPTH} levels)"
+            children = list(item.items()) if isinstance(item, dict) else [(None, v) for v in item]
+            for key, child in children:
+                if key is not None:
+                    stack.append((key, depth + 1))
+                stack.append((child, depth + 1))
+    return None
 
 
 def check_dataset(config: Mapping[str, Any], *, plugins: Plugins | None = None,
@@ -156,4 +201,4 @@ def check_dataset(config: Mapping[str, Any], *, plugins: Plugins | None = None,
         collector.add(None, "dataset", "the dataset has no rows", "empty_file")
     if collector.problems or collector.omitted:
         raise collector.fail()
-    return Dataset(str(file), rows, lines, expected, shapes)
+    return Dataset(str(file), rows, lines, expected, shapes, fingerprint=collector.fingerprint)

@@ -11,6 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: A message longer than this is cut in the middle: a 50 MB value is not echoed back whole.
+MAX_MESSAGE_CHARS = 1000
+#: Values quoted inside a message are cut to this many characters.
+MAX_VALUE_CHARS = 200
+
+
+def shorten(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """``text`` cut in the middle to at most about ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit // 2 - 10, 1)
+    return f"{text[:keep]}…[{len(text) - 2 * keep:,} characters cut]…{text[-keep:]}"
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -28,6 +41,17 @@ class Problem:
     file: str | None = None
     line: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The one place every problem passes through: no field echoes a huge value whole.
+        object.__setattr__(self, "path", shorten(self.path, MAX_VALUE_CHARS))
+        object.__setattr__(self, "message", shorten(self.message, MAX_MESSAGE_CHARS))
+        if self.hint is not None:
+            object.__setattr__(self, "hint", shorten(self.hint, MAX_MESSAGE_CHARS))
+        if self.file is not None:
+            object.__setattr__(self, "file", shorten(self.file, MAX_VALUE_CHARS))
+        if isinstance(self.extra.get("json_path"), list):
+            self.extra["json_path"] = [shorten(p) if isinstance(p, str) else p for p in self.extra["json_path"]]
 
     def location(self) -> str:
         if self.file and self.line:
@@ -47,9 +71,15 @@ class Problem:
 
 
 class ModelForgeError(Exception):
-    """Base class: a failure the user can act on. Exit code 1 unless a subclass says otherwise."""
+    """Base class: a failure the user can act on. Exit code 1 unless a subclass says otherwise.
+
+    Its text is cut to :data:`MAX_MESSAGE_CHARS` (a value echoed in it may be huge).
+    """
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return shorten(super().__str__(), MAX_MESSAGE_CHARS)
 
 
 class UsageError(ModelForgeError):
@@ -83,10 +113,10 @@ class ValidationFailed(ModelForgeError):
     def __init__(self, problems: list[Problem], *, subject: str = "config",
                  omitted: int = 0) -> None:
         self.problems = problems
-        self.subject = subject
+        self.subject = shorten(subject, MAX_VALUE_CHARS + 20)
         self.omitted = omitted
         n = len(problems) + omitted
-        super().__init__(f"{subject} is invalid: {n} problem{'s' if n != 1 else ''}")
+        super().__init__(f"{self.subject} is invalid: {n} problem{'s' if n != 1 else ''}")
 
 
 class PluginError(ModelForgeError):

@@ -52,36 +52,36 @@ class EvaluationData:
 def run_eval_split(run: RunDir, config: Mapping[str, Any], plugins: Plugins) -> EvaluationData:
     """The run's eval split, rebuilt exactly as in training, after checking the data is unchanged."""
     from .data import check_dataset
-    from .orchestrate import fingerprint_file, split_rows
+    from .orchestrate import split_rows
 
     manifest = run.read_json(MANIFEST_FILE) if run.file(MANIFEST_FILE).is_file() else {}
-    recorded = manifest.get("data", {})
-    file = Path(recorded.get("file") or config["dataset"])
+    recorded = manifest.get("data", {}) if isinstance(manifest, dict) else {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    file = Path(str(recorded.get("file") or config["dataset"]))
     if not file.is_file():
         raise RunError(f"the run's dataset {file} is gone: give the rows to evaluate with --dataset FILE")
-    if recorded.get("fingerprint") and fingerprint_file(file) != recorded["fingerprint"]:
-        raise RunError(f"the dataset {file} changed since {run.path} was trained, so its eval split would hold "
-                       "other rows: give --dataset FILE to evaluate on a file of your choice")
     if config.get("eval_split", 0) <= 0:
         raise UsageError(f"{run.path} was trained with eval_split 0 (no eval split): give --dataset FILE")
     data = check_dataset(config, plugins=plugins, path=file)
+    # The fingerprint of the bytes just parsed, not of a second read that could differ.
+    if recorded.get("fingerprint") and data.fingerprint != recorded["fingerprint"]:
+        raise RunError(f"the dataset {file} changed since {run.path} was trained, so its eval split would hold "
+                       "other rows: give --dataset FILE to evaluate on a file of your choice")
     train_indices, eval_indices = split_rows(data.rows, config["eval_split"], config["seed"], data.file)
     return EvaluationData(
         eval_rows=[data.rows[i] for i in eval_indices], train_rows=[data.rows[i] for i in train_indices],
-        description={"file": str(file), "fingerprint": fingerprint_file(file), "split": "eval",
+        description={"file": str(file), "fingerprint": data.fingerprint, "split": "eval",
                      "rows": len(eval_indices)})
 
 
 def dataset_file(run: RunDir, config: Mapping[str, Any], plugins: Plugins, path: Path) -> EvaluationData:
     """Every row of a file the user chose (supervised rows of the run's task)."""
     from .data import check_dataset
-    from .orchestrate import fingerprint_file
-
     data = check_dataset(config, plugins=plugins, path=path, shape="supervised")
     if not data.rows:
         raise UsageError(f"{path} has no rows to evaluate")
     return EvaluationData(eval_rows=list(data.rows), train_rows=list(data.rows),
-                          description={"file": str(path), "fingerprint": fingerprint_file(path), "split": "all",
+                          description={"file": str(path), "fingerprint": data.fingerprint, "split": "all",
                                        "rows": len(data.rows)})
 
 
@@ -146,9 +146,14 @@ def evaluate_run(run_dir: Path, *, dataset: Path | None = None, plugins: Plugins
     plugins = plugins or get_plugins()
     run = RunDir.open(run_dir)
     config = run.config()
-    strategy = plugins.registry.strategies[config["strategy"]]
+    from .schema import canonical_schema
+
+    strategy_name = config.get("strategy") or canonical_schema()["properties"]["strategy"]["default"]
+    strategy = plugins.registry.strategies.get(strategy_name)
+    if strategy is None:
+        raise RunError(f"{run.path} was trained with strategy {strategy_name!r}, which is not installed here")
     if dataset is None and strategy.data_shape != "supervised":
-        raise UsageError(f"{run.path} trained on {strategy.data_shape} pairs ({config['strategy']}): its preference "
+        raise UsageError(f"{run.path} trained on {strategy.data_shape} pairs ({strategy_name}): its preference "
                          "metrics are in metrics.json; give --dataset FILE with supervised rows to measure "
                          "the model's loss on them")
     if dataset is not None and not dataset.is_file():
@@ -162,7 +167,9 @@ def evaluate_run(run_dir: Path, *, dataset: Path | None = None, plugins: Plugins
     # Only the run's own eval split is what the end-of-training metrics measured (a preference
     # run's eval_loss is even another loss): no comparison for a file of the user's choice.
     if dataset is None and run.file(METRICS_FILE).is_file():
-        training_metrics = dict(run.read_json(METRICS_FILE).get("after") or {})
+        saved = run.read_json(METRICS_FILE)
+        after = saved.get("after") if isinstance(saved, dict) else None
+        training_metrics = dict(after) if isinstance(after, dict) else {}
     folder = run.path / EVALUATIONS_DIR
     folder.mkdir(exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

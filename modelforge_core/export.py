@@ -314,19 +314,20 @@ def use_token_type_zero(model: Any) -> bool:
 def load_reference(run: RunDir, config: Mapping[str, Any], head: str, dtype: str, plugins: Plugins) -> Any:
     """Base + adapter, unmerged, unquantized, in ``dtype``, through the run's provider."""
     from .api import LoadRequest
+    from .inference import load_run_model, run_components
     from .orchestrate import set_offline_environment
     from .training import quiet_libraries
 
     adapter = run.path / ADAPTER_DIR
-    if not (adapter / "adapter_config.json").is_file():
-        status = run.status().get("status")
-        raise RunError(f"{run.path} has no trained adapter (status: {status}); finish or resume the training first")
+    problem = run.adapter_problem(ADAPTER_DIR)
+    if problem:
+        raise RunError(problem)
     set_offline_environment(str(config["model_name"]))
     quiet_libraries()
-    provider = plugins.registry.providers[config["provider"]]
-    loaded = provider.load(LoadRequest(model_name=config["model_name"], head=head,
-                                       config=unquantized_config(config, dtype), new_adapter=False,
-                                       adapter_path=adapter, for_training=False))
+    _task, provider = run_components(run, dict(config), plugins)
+    loaded = load_run_model(run, provider, LoadRequest(model_name=config["model_name"], head=head,
+                                                       config=unquantized_config(config, dtype), new_adapter=False,
+                                                       adapter_path=adapter, for_training=False))
     wanted = _torch_dtype(dtype)
     base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
     if next(base.parameters()).dtype != wanted:

@@ -16,7 +16,23 @@ from typing import Any
 Path = tuple[str | int, ...]
 
 _WS = re.compile(r"[ \t\n\r]*")
+#: Numbers written with more characters than this are refused (Python's int-string limit is 4300).
+MAX_NUMBER_CHARS = 100
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
+
+
+#: Deeper nesting is refused: no config or row needs it, and Python's recursion has a limit.
+MAX_DEPTH = 100
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in ``text`` (JSON's ``"\\ud800"`` escape makes one;
+    it is no Unicode character and cannot be written as UTF-8), or ``None``."""
+    match = _SURROGATE.search(text)
+    return match.start() if match else None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Reader:
@@ -36,6 +52,13 @@ class _Reader:
         assert match is not None
         return match.end()
 
+    def string(self, pos: int) -> tuple[str, int]:
+        string, end = scanstring(self.text, pos + 1, True)
+        bad = lone_surrogate(string)
+        if bad is not None:
+            raise self.fail("a lone surrogate escape (\\ud800-\\udfff) is not a Unicode character", pos)
+        return str(string), int(end)
+
     def value(self, pos: int, path: Path) -> tuple[Any, int]:
         pos = self.skip(pos)
         self.lines[path] = self.line_of(pos)
@@ -43,25 +66,35 @@ class _Reader:
         if pos >= len(text):
             raise self.fail("Expecting value", pos)
         char = text[pos]
+        if char in "{[" and len(path) >= MAX_DEPTH:
+            raise self.fail(f"nested too deeply (more than {MAX_DEPTH} levels)", pos)
         if char == "{":
             return self.obj(pos + 1, path)
         if char == "[":
             return self.arr(pos + 1, path)
         if char == '"':
-            string, end = scanstring(text, pos + 1, True)
-            return str(string), int(end)
+            return self.string(pos)
         for literal, result in (("true", True), ("false", False), ("null", None)):
             if text.startswith(literal, pos):
                 return result, pos + len(literal)
         match = _NUMBER.match(text, pos)
         if match:
-            if match.group(1) or match.group(2):
-                return float(match.group(0)), match.end()
-            return int(match.group(0)), match.end()
+            return self.number(match, pos)
         for literal in ("NaN", "Infinity", "-Infinity"):
             if text.startswith(literal, pos):
                 raise self.fail(f"{literal} is not valid JSON", pos)
         raise self.fail("Expecting value", pos)
+
+    def number(self, match: re.Match[str], pos: int) -> tuple[int | float, int]:
+        token = match.group(0)
+        if len(token) > MAX_NUMBER_CHARS:
+            raise self.fail(f"a number of {len(token):,} characters is too long (at most {MAX_NUMBER_CHARS})", pos)
+        if match.group(1) or match.group(2):
+            number = float(token)
+            if number in (float("inf"), float("-inf")):
+                raise self.fail("the number is out of range (too large for a float)", pos)
+            return number, match.end()
+        return int(token), match.end()
 
     def obj(self, pos: int, path: Path) -> tuple[dict[str, Any], int]:
         result: dict[str, Any] = {}
@@ -73,7 +106,7 @@ class _Reader:
             if not self.text.startswith('"', pos):
                 raise self.fail("Expecting property name enclosed in double quotes", pos)
             key_pos, key_line = pos, self.line_of(pos)
-            key, pos = scanstring(self.text, pos + 1, True)
+            key, pos = self.string(pos)
             pos = self.skip(pos)
             if not self.text.startswith(":", pos):
                 raise self.fail("Expecting ':' delimiter", pos)

@@ -114,10 +114,13 @@ def read_accelerate_config(path: Path) -> dict[str, Any]:
     """An accelerate config file (YAML or JSON) as a dict; a clear error when unreadable."""
     import yaml
 
+    from .safeio import MAX_CONFIG_BYTES, describe_error, read_file
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read the accelerate config {path}: {exc.strerror or exc}") from exc
+        text = read_file(path, limit=MAX_CONFIG_BYTES).data.decode("utf-8")
+    except (OSError, ValueError) as exc:  # a FIFO or a device is refused, never read
+        reason = describe_error(exc) if isinstance(exc, OSError) or "null" in str(exc) else "not UTF-8 text"
+        raise UsageError(f"cannot read the accelerate config {path}: {reason}") from exc
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

@@ -3,7 +3,6 @@ before anything heavy loads, a seeded split, the run folder, the strategy, metri
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -12,7 +11,6 @@ import sys
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,10 @@ from . import __version__
 from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
-from .errors import ModelForgeError, Problem, RunError, ValidationFailed
+from .errors import ModelForgeError, Problem, RunError, ValidationFailed, shorten
 from .plugins import Plugins, get_plugins
 from .quantization import four_bit_guard_callback, keep_4bit_trainable, quiet_kernel_notice
+from .runlock import RunLock, claim_new_run, lock_run
 from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
 from .schema import schema_version
 from .training import Display, Interrupted, StopFlag, catch_interruptions, make_run_callback
@@ -39,12 +38,6 @@ class TrainOutcome:
     main_process: bool = True
 
 
-def fingerprint_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(partial(handle.read, 1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
 
 
 def split_rows(rows: Sequence[Mapping[str, Any]], eval_split: float, seed: int,
@@ -106,7 +99,7 @@ def build_manifest(config: Mapping[str, Any], plugins: Plugins, data: Dataset, h
         "platform": platform.platform(),
         "hardware": {"device": hardware.device, "name": hardware.name, "bf16": hardware.bf16,
                      "fp16": hardware.fp16, "cpu_count": os.cpu_count(), "processes": processes},
-        "data": {"file": data.file, "fingerprint": fingerprint_file(data.file), "rows": len(data.rows),
+        "data": {"file": data.file, "fingerprint": data.fingerprint, "rows": len(data.rows),
                  "train_rows": len(split[0]), "eval_rows": len(split[1]), "shape": data.shape},
         "seed": config["seed"],
         "effective_batch_size": effective,
@@ -130,7 +123,41 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     """Run a whole training from a resolved config, or resume the run in ``resume``.
 
     ``force``: train even when the memory plan says the config cannot fit this machine.
+
+    The signal handlers are installed first, before anything is written: from the moment the run
+    folder says ``running``, a SIGINT/SIGTERM is a graceful stop (checkpoint, ``interrupted``, exit
+    130), and a second one stops at once, still with exit 130. The run folder's lock
+    (:mod:`modelforge_core.runlock`) is held from before the first write to the end.
     """
+    flag = StopFlag()
+    held: list[RunLock] = []
+    try:
+        with catch_interruptions(flag):
+            return _train(config, plugins=plugins, resume=resume, display=display, runs_root=runs_root,
+                          force=force, flag=flag, held=held)
+    except KeyboardInterrupt:
+        raise Interrupted("stopped at once by a second interrupt; the run keeps its last complete "
+                          "checkpoint") from None
+    except OSError as exc:
+        folder = held[0].path if held else None
+        if folder is not None and exc.filename and _inside(Path(str(exc.filename)), folder):
+            raise RunError(f"cannot write {exc.filename}: {exc.strerror or exc}; the run folder {folder} "
+                           "is no longer writable (a full disk, a read-only mount?)") from exc
+        raise
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
+
+
+def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | None, display: Display | None,
+           runs_root: Path | None, force: bool, flag: StopFlag, held: list[RunLock]) -> TrainOutcome:
     plugins = plugins or get_plugins()
     quiet_kernel_notice()
     main_process = _is_main_process()
@@ -163,24 +190,34 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         start_process_group()
     head = task.choose_head(config.data, read_model_config(config["model_name"]))
     previous_before: dict[str, float] = {}
+    if flag.is_set():
+        raise Interrupted(f"stopped by {flag.signal_name} before training started; nothing was written")
     if resume is not None:
-        run = RunDir.open(resume)
+        run = _open_for_resume(resume, held)
         status = run.status().get("status")
         if status == "finished":
             raise RunError(f"{resume} finished already: nothing to resume")
         checkpoint = run.last_checkpoint()
         if checkpoint is None:
             raise RunError(f"{resume} has no complete checkpoint to resume from; start a new run instead")
+        if not run.file(MANIFEST_FILE).is_file():
+            raise RunError(f"{resume} has no {MANIFEST_FILE}, so its data cannot be checked: start a new run instead")
         manifest = run.read_json(MANIFEST_FILE)
-        if manifest["data"]["fingerprint"] != fingerprint_file(data.file):
+        recorded = manifest.get("data") if isinstance(manifest, dict) else None
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("fingerprint"), str):
+            raise RunError(f"{run.file(MANIFEST_FILE)} is damaged (no data fingerprint): start a new run instead")
+        # The fingerprint of the bytes that were just read and checked, not of a second read.
+        if recorded["fingerprint"] != data.fingerprint:
             raise RunError(f"the dataset {data.file} changed since {resume} started: resuming would train "
                            "on different data; start a new run instead")
         if run.file(METRICS_FILE).is_file():
-            previous_before = dict(run.read_json(METRICS_FILE).get("before", {}))
+            saved = run.read_json(METRICS_FILE)
+            before = saved.get("before") if isinstance(saved, dict) else None
+            previous_before = dict(before) if isinstance(before, dict) else {}
         display.message(f"resuming {run.path} from {checkpoint.name}")
     else:
         checkpoint = None
-        run = _create_run(config, runs_root)
+        run = _create_run(config, runs_root, held)
         if main_process:
             run.write_json(CONFIG_FILE, {**config.to_json(), "schema_version": schema_version()})
             run.write_json(MANIFEST_FILE, build_manifest(config, plugins, data, hardware, split,
@@ -190,9 +227,9 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     display.message(describe_batch(config, _process_count()))
     info = RunInfo(run.name, run.path, config.data, main_process)
     if main_process:
-        run.set_status("running", global_step=0, resumed_from=checkpoint.name if checkpoint else None)
+        run.set_status("running", global_step=_step_of(checkpoint),
+                       resumed_from=checkpoint.name if checkpoint else None)
         plugins.hooks.on_run_start(info)
-    flag = StopFlag()
     sync: list[Any] = []
     if _process_count() > 1 or sharding_from_environment():
         from .launch import distributed_callback
@@ -251,23 +288,28 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     )
     display.message(f"run folder: {run.path}")
     try:
-        with catch_interruptions(flag):
-            result = strategy.train(job)
+        result = strategy.train(job)
     except Interrupted as exc:
         if main_process:
-            run.set_status("interrupted", error=None, note=str(exc), signal=flag.signal_name)
+            run.set_status("interrupted", error=None, note=str(exc), signal=flag.signal_name,
+                           global_step=_step_of(run.last_checkpoint()))
             plugins.hooks.on_run_end(info, "interrupted", {}, None)
         raise
     except KeyboardInterrupt:
         if main_process:
-            run.set_status("interrupted", note="stopped at once by a second interrupt")
+            run.set_status("interrupted", note="stopped at once by a second interrupt",
+                           global_step=_step_of(run.last_checkpoint()))
             plugins.hooks.on_run_end(info, "interrupted", {}, None)
         raise
     except BaseException as exc:
         if main_process:
             message = str(exc) if isinstance(exc, ModelForgeError) else f"{type(exc).__name__}: {exc}"
-            (run.path / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            run.set_status("failed", error=message)
+            try:
+                (run.path / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+                run.set_status("failed", error=message, global_step=_step_of(run.last_checkpoint()))
+            except OSError as write_error:  # the folder itself failed: say so, never stay "running"
+                raise RunError(f"training failed ({shorten(message, 300)}) and its status cannot be written "
+                               f"into {run.path}: {write_error.strerror or write_error}") from exc
             plugins.hooks.on_run_end(info, "failed", {}, message)
         raise
     metrics = {"before": result.metrics_before, "after": result.metrics_after,
@@ -279,13 +321,41 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     return TrainOutcome(run.path, "finished", metrics, main_process)
 
 
-def _create_run(config: Mapping[str, Any], root: Path | None) -> RunDir:
+def _create_run(config: Mapping[str, Any], root: Path | None, held: list[RunLock]) -> RunDir:
+    def create() -> RunDir:
+        run = RunDir.create(config, root=root)
+        held.append(claim_new_run(run.path, given=bool(config.get("output_dir"))))
+        return run
+
     if _process_count() > 1:
-        # The main process creates the folder and broadcasts its path to the others.
+        # The main process creates and locks the folder, and broadcasts its path to the others.
         from .launch import share_run_dir
 
-        run = share_run_dir(lambda: RunDir.create(config, root=root))
+        run = share_run_dir(create)
     else:
-        run = RunDir.create(config, root=root)
+        run = create()
     os.environ["MODELFORGE_RUN_DIR"] = str(run.path)
     return run
+
+
+def _open_for_resume(resume: Path, held: list[RunLock]) -> RunDir:
+    """Open the run and, in the main process, take its lock before any write (a second writer
+    is refused here); under several processes the others learn the outcome by broadcast."""
+    def open_and_lock() -> RunDir:
+        run = RunDir.open(resume)
+        held.append(lock_run(run.path))
+        return run
+
+    if _process_count() > 1:
+        from .launch import share_run_dir
+
+        return share_run_dir(open_and_lock)
+    return open_and_lock()
+
+
+def _step_of(checkpoint: Path | None) -> int:
+    """The global step a ``checkpoint-<step>`` folder was saved at (0 for none)."""
+    if checkpoint is None:
+        return 0
+    step = checkpoint.name.partition("-")[2]
+    return int(step) if step.isdigit() else 0

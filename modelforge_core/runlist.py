@@ -13,7 +13,6 @@ folder without a readable ``status.json`` is ``unknown``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,11 +31,17 @@ EVALUATIONS_DIR = "evaluations"
 
 
 def _read(path: Path) -> Any:
+    from .errors import RunError
+    from .runs import read_json
+
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+        return read_json(path)  # a regular file only: a FIFO named status.json never blocks the list
+    except (OSError, RunError):
         return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -119,11 +124,10 @@ def effective_status(status: Mapping[str, Any] | None) -> tuple[str, str | None]
 
 def summarize(path: Path, *, now: datetime | None = None) -> RunSummary:
     """Read one run folder (missing or damaged files give empty fields, never an error)."""
-    config_doc = _read(path / CONFIG_FILE)
-    config = config_doc.get("config", {}) if isinstance(config_doc, dict) else {}
-    manifest = _read(path / MANIFEST_FILE) or {}
+    config = _dict(_dict(_read(path / CONFIG_FILE)).get("config"))
+    manifest = _dict(_read(path / MANIFEST_FILE))
     status = _read(path / STATUS_FILE)
-    metrics = _read(path / METRICS_FILE) or {}
+    metrics = _dict(_read(path / METRICS_FILE))
     shown, note = effective_status(status if isinstance(status, dict) else None)
     status = status if isinstance(status, dict) else {}
     started = _parse_time(status.get("started_at")) or _parse_time(manifest.get("created_at"))
@@ -135,33 +139,60 @@ def summarize(path: Path, *, now: datetime | None = None) -> RunSummary:
         ended = _parse_time(status.get("finished_at")) or _parse_time(status.get("updated_at"))
         end_for_duration = ended
     duration = (end_for_duration - started).total_seconds() if started and end_for_duration else None
-    components = manifest.get("components", {}) if isinstance(manifest, dict) else {}
+    components = _dict(manifest.get("components"))
 
     def component(kind: str) -> str | None:
-        value = config.get(kind) or (components.get(kind) or {}).get("name")
+        value = config.get(kind) or _dict(components.get(kind)).get("name")
         return str(value) if value else None
+
+    def text(value: Any) -> str | None:
+        return str(value) if value is not None else None
 
     evaluations = path / EVALUATIONS_DIR
     return RunSummary(
         path=path, status=shown, task=component("task"), strategy=component("strategy"),
-        provider=component("provider"), model=config.get("model_name"),
+        provider=component("provider"), model=text(config.get("model_name")),
         started_at=started.isoformat() if started else None, ended_at=ended.isoformat() if ended else None,
         duration_s=round(duration, 1) if duration is not None else None,
         global_step=status.get("global_step") if isinstance(status.get("global_step"), int) else None,
-        metrics_before=dict(metrics.get("before") or {}) if isinstance(metrics, dict) else {},
-        metrics_after=dict(metrics.get("after") or {}) if isinstance(metrics, dict) else {},
-        error=status.get("error"), note=note or status.get("note"),
+        metrics_before=_numbers(metrics.get("before")), metrics_after=_numbers(metrics.get("after")),
+        error=text(status.get("error")), note=note or text(status.get("note")),
         evaluations=len(list(evaluations.glob("*.json"))) if evaluations.is_dir() else 0,
         merged=(path / "merged" / "config.json").is_file(),
     )
 
 
+def _numbers(value: Any) -> dict[str, Any]:
+    """A metrics table as saved, keeping only name -> number (a damaged file gives fewer)."""
+    return {str(k): v for k, v in _dict(value).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def damaged(path: Path, reason: str) -> RunSummary:
+    """The row of a run folder that cannot be summarized: status ``damaged`` and why."""
+    return RunSummary(path=path, status="damaged", task=None, strategy=None, provider=None, model=None,
+                      started_at=None, ended_at=None, duration_s=None, global_step=None,
+                      note=f"this run folder is damaged: {reason}")
+
+
+def summarize_safely(path: Path) -> RunSummary:
+    """:func:`summarize`, or a ``damaged`` row when the folder defeats it: one damaged folder never
+    hides the others."""
+    try:
+        summary = summarize(path)
+    except Exception as exc:  # any damage: the row says so, the list goes on
+        return damaged(path, f"{type(exc).__name__}: {str(exc)[:200]}")
+    if not (path / CONFIG_FILE).is_file() or _read(path / CONFIG_FILE) is None or summary.task is None:
+        return damaged(path, f"its {CONFIG_FILE} is missing, unreadable or holds no saved config")
+    return summary
+
+
 def list_runs(root: Path) -> list[RunSummary]:
-    """Every run folder directly under ``root`` (a folder with a ``config.json``), oldest first."""
+    """Every run folder directly under ``root`` (a folder with a ``config.json``), oldest first;
+    a damaged one is listed with status ``damaged``."""
     if not root.is_dir():
         return []
-    runs = [summarize(child) for child in root.iterdir()
-            if child.is_dir() and not child.name.startswith(".") and (child / CONFIG_FILE).is_file()]
+    runs = [summarize_safely(child) for child in root.iterdir()
+            if child.is_dir() and not child.name.startswith(".") and (child / CONFIG_FILE).exists()]
     return sorted(runs, key=lambda run: (run.started_at or "", run.name))
 
 

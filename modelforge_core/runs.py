@@ -69,8 +69,59 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """The JSON value in ``path``: a regular file of at most ``MAX_RUN_JSON_BYTES``, read once.
+
+    :raises FileNotFoundError: no such file.
+    :raises DamagedRun: anything else that stops it from being read or parsed.
+    """
+    from .safeio import MAX_RUN_JSON_BYTES, describe_error, read_file
+
+    try:
+        raw = read_file(path, limit=MAX_RUN_JSON_BYTES).data
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DamagedRun(f"{path} cannot be read: {describe_error(exc)}") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        reason = "it is empty" if not raw.strip() else f"it is not valid JSON ({str(exc)[:120]})"
+        raise DamagedRun(f"{path} is damaged: {reason}") from None
+
+
+class DamagedRun(RunError, ValueError):
+    """A file of a run folder is unreadable or malformed (a crash while writing it, a foreign folder).
+
+    Also a :class:`ValueError`, as ``json.load`` raised before, so readers that skip a malformed
+    file keep doing so."""
+
+
+def output_dir_problem(path: Path) -> str | None:
+    """Why a new run cannot be written at ``path`` (an ``output_dir``), or ``None`` when it can:
+    a file is there, a file is in the way above it, a folder there is not empty, or the folder
+    (or its nearest existing parent) is not writable."""
+    try:
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                return f"output_dir {path} is a file, not a folder: choose another output_dir"
+            if any(path.iterdir()):
+                return (f"output_dir {path} exists already and is not empty: nothing is overwritten. "
+                        "Choose another output_dir, remove the folder, or resume it with "
+                        f"`modelforge train --resume {path}`")
+            existing = path
+        else:
+            existing = path.parent
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                return f"output_dir {path} cannot be created: {existing} is a file, not a folder"
+    except (OSError, ValueError) as exc:
+        from .safeio import describe_error
+
+        return f"output_dir {path} cannot be used: {describe_error(exc)}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"output_dir {path} cannot be written: {existing} is not writable for this user"
+    return None
 
 
 def _slug(text: str) -> str:
@@ -100,16 +151,19 @@ class RunDir:
         """Create a new, empty run folder; never reuse an existing one."""
         if config.get("output_dir"):
             path = Path(config["output_dir"])
-            if path.exists() and (not path.is_dir() or any(path.iterdir())):
-                raise RunError(
-                    f"output_dir {path} exists already and is not empty: nothing is overwritten. "
-                    "Choose another output_dir, remove the folder, or resume it with "
-                    f"`modelforge train --resume {path}`"
-                )
-            path.mkdir(parents=True, exist_ok=True)
+            problem = output_dir_problem(path)
+            if problem:
+                raise RunError(problem)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RunError(f"output_dir {path} cannot be created: {exc.strerror or exc}") from None
             return cls(path)
         base = (root or Path.cwd() / "runs")
-        base.mkdir(parents=True, exist_ok=True)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"the runs folder {base} cannot be created: {exc.strerror or exc}") from None
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         stem = f"{default_run_name(config)}-{stamp}"
         for attempt in range(1000):
@@ -118,6 +172,8 @@ class RunDir:
                 path.mkdir()
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise RunError(f"cannot create a run folder under {base}: {exc.strerror or exc}") from None
             return cls(path)
         raise RunError(f"cannot find a free run folder name under {base}")
 
@@ -126,9 +182,20 @@ class RunDir:
         """An existing run folder (for ``--resume``, ``generate``, ``evaluate``, ...)."""
         if not path.is_dir():
             raise RunError(f"{path} is not a folder")
-        if not (path / CONFIG_FILE).is_file():
+        if not (path / CONFIG_FILE).exists():
             raise RunError(f"{path} is not a ModelForge run folder (no {CONFIG_FILE})")
-        return cls(path)
+        run = cls(path)
+        document = run.read_json(CONFIG_FILE)
+        saved = document.get("config") if isinstance(document, dict) else None
+        if not isinstance(saved, dict):
+            if isinstance(document, dict) and ("model_type" in document or "architectures" in document):
+                raise RunError(f"{path} is a model folder, not a ModelForge run folder: give a run folder "
+                               "(one that `modelforge train` made)")
+            raise DamagedRun(f"{path / CONFIG_FILE} is damaged: it holds no saved config")
+        missing = [key for key in ("task", "model_name") if not isinstance(saved.get(key), str)]
+        if missing:
+            raise DamagedRun(f"{path / CONFIG_FILE} is damaged: the saved config has no {', '.join(missing)}")
+        return run
 
     # -- files ------------------------------------------------------------------------------
 
@@ -153,9 +220,10 @@ class RunDir:
 
     def status(self) -> dict[str, Any]:
         try:
-            return dict(self.read_json(STATUS_FILE))
-        except (FileNotFoundError, json.JSONDecodeError):
+            value = self.read_json(STATUS_FILE)
+        except (FileNotFoundError, DamagedRun):
             return {"status": "unknown"}
+        return dict(value) if isinstance(value, dict) else {"status": "unknown"}
 
     def set_status(self, status: str, **fields: Any) -> None:
         assert status in STATUSES, status
@@ -184,14 +252,37 @@ class RunDir:
                 complete.append((int(step), child))
         return max(complete)[1] if complete else None
 
+    def adapter_problem(self, name: str = ADAPTER_DIR) -> str | None:
+        """Why the adapter folder ``name`` cannot be loaded (missing, empty or truncated files, a
+        broken ``adapter_config.json``), or ``None`` when it looks complete. Cheap: reads headers only."""
+        folder = self.path / name
+        if not (folder / "adapter_config.json").is_file():
+            return f"{self.path} has no trained adapter (status: {self.status().get('status')}); " \
+                   "finish or resume the training first"
+        try:
+            adapter_config = read_json(folder / "adapter_config.json")
+        except DamagedRun as exc:
+            return str(exc)
+        if not isinstance(adapter_config, dict) or not adapter_config.get("peft_type"):
+            return f"{folder / 'adapter_config.json'} is damaged: it is not a peft adapter config"
+        weights = folder / "adapter_model.safetensors"
+        if not weights.is_file():
+            if (folder / "adapter_model.bin").is_file():
+                return None
+            return f"{folder} is damaged: it has no adapter_model.safetensors"
+        problem = safetensors_problem(weights)
+        return f"{weights} is damaged: {problem}" if problem else None
+
     def save_directory(self, name: str, writer: Any) -> Path:
         """Let ``writer(tmp_dir)`` fill a temporary folder, then rename it to ``name``."""
         final = self.path / name
         if final.exists():
             raise RunError(f"{final} exists already: nothing is overwritten")
+        # The run's lock makes this process the folder's only writer: any temporary folder of an
+        # earlier save (a process killed while saving) is stale, never reused.
+        for stale in self.path.glob(f".{name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = self.path / f".{name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         try:
             writer(tmp)
@@ -200,3 +291,31 @@ class RunDir:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (empty, truncated, a bad header), or ``None``."""
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return "it is empty" if size == 0 else "it is truncated"
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, 100 << 20):
+                return "it is truncated (its header is cut)"
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"its header cannot be read ({str(exc)[:120]})"
+    if not isinstance(header, dict):
+        return "its header is not a table of tensors"
+    ends = [entry.get("data_offsets", [0, 0])[1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2]
+    if not ends and len(header) > 1:
+        return "its header is malformed"
+    if ends and 8 + length + max(ends) > size:
+        return f"it is truncated ({size:,} bytes, {8 + length + max(ends):,} expected)"
+    return None

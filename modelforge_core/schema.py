@@ -226,7 +226,9 @@ def _property_schema(schema: Mapping[str, Any], path: list[Any]) -> Mapping[str,
 
 def _describe(value: Any) -> str:
     # default=str: a value from YAML or the Python API may not be JSON (a date, a set).
-    return json.dumps(value, ensure_ascii=False, default=str)
+    from .errors import shorten
+
+    return shorten(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def _json_type(value: Any) -> str:

@@ -314,6 +314,8 @@ def make_run_callback(run: RunDir, info: RunInfo, hooks: Hooks, display: Display
     """The core's ``TrainerCallback``: JSONL log, lifecycle hooks, progress, interruption."""
     from transformers import TrainerCallback
 
+    from .trainloss import log_when_saving
+
     class RunCallback(TrainerCallback):  # type: ignore[misc]
         stage = "during"
 
@@ -327,6 +329,7 @@ def make_run_callback(run: RunDir, info: RunInfo, hooks: Hooks, display: Display
             if flag.is_set():
                 control.should_save = True
                 control.should_training_stop = True
+            log_when_saving(control)  # train_loss over all steps survives a resume (trainloss.py)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None,
                    **kwargs: Any) -> None:
@@ -481,6 +484,9 @@ def run_supervised(job: TrainingJob, **extra_arguments: Any) -> TrainResult:
         from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
         max_length = choose_max_length(job.config, train_ds, tokenizer, model, job.say)
+        from .preflight import check_completions_fit
+
+        check_completions_fit(train_ds, eval_ds, max_length, packing=job.config["packing"], say=job.say)
         args = SFTConfig(**job.trainer_arguments(
             args_class=SFTConfig, has_eval=eval_ds is not None, max_length=max_length,
             packing=job.config["packing"], completion_only_loss=True, dataset_num_proc=None,
@@ -508,10 +514,13 @@ def run_supervised(job: TrainingJob, **extra_arguments: Any) -> TrainResult:
     else:
         before = dict(job.previous_metrics_before)
     output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-    if job.stop_requested():
+    # A stop at the last step interrupts nothing: the run is complete, finish it.
+    if job.stop_requested() and trainer.state.global_step < trainer.state.max_steps:
         raise Interrupted(f"training interrupted at step {trainer.state.global_step}; a checkpoint was saved")
     after = evaluate_stage(trainer if eval_ds is not None else None, job, "after", loaded, job.eval_rows)
-    after["train_loss"] = float(output.training_loss)
+    from .trainloss import resumed_step, train_loss_over_all_steps
+
+    after["train_loss"] = train_loss_over_all_steps(trainer, output, resumed_step(job.resume_from))
     if job.save is not None:
         job.save(loaded, "adapter")
     return TrainResult(before, after, int(trainer.state.global_step))

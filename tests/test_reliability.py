@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,10 @@ class Case:
     expect: list[str]
     exit_code: int = 2
     env: dict[str, str] = field(default_factory=dict)
+    #: Run in the case's folder after the files are written (FIFOs, symlinks to devices).
+    setup: Callable[[Path], None] | None = None
+    #: The whole output stays under this many characters (long values are cut).
+    max_output: int = 20_000
 
 
 def config(**changes: Any) -> str:
@@ -48,6 +54,14 @@ def config(**changes: Any) -> str:
 def data_case(case_id: str, content: str | bytes, expect: list[str], **config_changes: Any) -> Case:
     return Case(case_id, {"c.json": config(**config_changes), "data.jsonl": content},
                 ["validate", "c.json", "--data"], expect)
+
+
+def _with_setup(self: Case, setup: Callable[[Path], None]) -> Case:
+    self.setup = setup
+    return self
+
+
+Case.with_setup = _with_setup  # type: ignore[attr-defined]
 
 
 CONFIG_CASES = [
@@ -136,7 +150,96 @@ DATA_CASES = [
               ["60 problems", "... and 40 more"]),
 ]
 
-CASES = {case.id: case for case in CONFIG_CASES + DATA_CASES}
+def fifo(name: str) -> Callable[[Path], None]:
+    return lambda folder: os.mkfifo(folder / name)
+
+
+def link(name: str, target: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).symlink_to(target)
+
+
+def laughs(levels: int = 9) -> str:
+    """A "billion laughs" YAML document: each anchor repeats the previous one nine times."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+HUGE = "9" * 5000
+DEEP = "[" * 100_000 + "]" * 100_000
+BIG_VALUE = "x" * 3_000_000
+
+# Issue 22: hostile and unlucky files, parser edge cases, long values.
+ROUND_TWO_CASES = [
+    Case("config-fifo", {}, ["validate", "c.json"], ["c.json", "is a FIFO (named pipe), not a regular file"],
+         setup=fifo("c.json")),
+    Case("config-dev-zero", {}, ["validate", "c.json"], ["c.json", "character device, not a regular file"],
+         setup=link("c.json", "/dev/zero")),
+    Case("config-dev-urandom", {}, ["validate", "c.yaml"], ["c.yaml", "not a regular file"],
+         setup=link("c.yaml", "/dev/urandom")),
+    Case("config-dev-zero-train", {}, ["train", "c.json"], ["not a regular file"],
+         setup=link("c.json", "/dev/zero")),
+    Case("config-too-large", {"c.json": '{"task": "text-generation"}' + " " * (5 << 20)}, ["validate", "c.json"],
+         ["cannot read the config file", "bytes allowed"]),
+    Case("config-yaml-billion-laughs", {"c.yaml": laughs()}, ["validate", "c.yaml"],
+         ["c.yaml", "aliases expand the document beyond"]),
+    Case("config-yaml-alias-fan-out", {"c.yaml": laughs(5) + "task: *a4\n"}, ["validate", "c.yaml"],
+         ["aliases expand the document beyond"]),
+    Case("config-yaml-recursive-alias", {"c.yaml": "x: &x [*x]\n"}, ["validate", "c.yaml"], ["nested too deeply"]),
+    Case("config-huge-integer", {"c.json": config().replace('"low_end"', f'"low_end", "lora_r": {HUGE}')},
+         ["validate", "c.json"], ["c.json:5:41:", "a number of 5,000 characters is too long"]),
+    Case("config-huge-integer-yaml", {"c.yaml": f"task: text-generation\nlora_r: {HUGE}\n"}, ["validate", "c.yaml"],
+         ["c.yaml:2:", "a number of 5,000 characters is too long"]),
+    Case("config-huge-float-exponent", {"c.json": config().replace('"low_end"', '"low_end", "learning_rate": 1e999')},
+         ["validate", "c.json"], ["out of range"]),
+    Case("config-deep-nesting", {"c.json": DEEP}, ["validate", "c.json"], ["nested too deeply"]),
+    Case("config-deep-nesting-yaml", {"c.yaml": "a: " + "[" * 5000 + "]" * 5000 + "\n"}, ["validate", "c.yaml"],
+         ["nested too deeply"]),
+    Case("config-lone-surrogate", {"c.json": config(run_name="\ud800")}, ["validate", "c.json"],
+         ["lone surrogate"]),
+    Case("config-nul-in-path", {"c.json": config(dataset="data\u0000.jsonl")}, ["validate", "c.json", "--data"],
+         ["dataset: the path contains a NUL byte"]),
+    Case("config-nul-in-output-dir", {"c.json": config(output_dir="out\u0000")}, ["train", "c.json"],
+         ["output_dir: the path contains a NUL byte"]),
+    Case("config-overlong-path", {"c.json": config(model_name="./" + "m" * 5000)}, ["validate", "c.json"],
+         ["model_name: the path is 5,002 characters long"]),
+    Case("config-huge-invalid-value", {"c.json": config(strategy=BIG_VALUE)}, ["validate", "c.json"],
+         ["strategy", "characters cut"], max_output=3000),
+    Case("config-huge-unknown-key", {"c.json": config(**{BIG_VALUE: 1})}, ["validate", "c.json", "--json"],
+         ["unknown field", "characters cut"], max_output=4000),
+    Case("config-set-huge-value", {"c.json": config()}, ["validate", "c.json", "--set", "strategy=" + "y" * 200_000],
+         ["strategy", "characters cut"], max_output=3000),
+    Case("config-seed-too-large", {"c.json": config(seed=2**32)}, ["validate", "c.json"],
+         ["seed: 4294967296 is above the maximum of 4294967295"]),
+    Case("config-output-dir-under-a-file", {"c.json": config(output_dir="file/run"), "file": "x",
+                                            "data.jsonl": GOOD_ROW, "model/config.json": "{}"},
+         ["train", "c.json"], ["output_dir", "is a file, not a folder"], exit_code=1),
+    Case("config-output-dir-is-a-file", {"c.json": config(output_dir="file"), "file": "x",
+                                         "data.jsonl": GOOD_ROW, "model/config.json": "{}"},
+         ["train", "c.json"], ["output_dir", "is a file, not a folder"], exit_code=1),
+    data_case("data-fifo", "", ["pipe.jsonl", "FIFO (named pipe)"], dataset="pipe.jsonl")
+    .with_setup(fifo("pipe.jsonl")),
+    data_case("data-dev-zero", "", ["not a regular file"], dataset="zero.jsonl")
+    .with_setup(link("zero.jsonl", "/dev/zero")),
+    data_case("data-dev-urandom", "", ["not a regular file"], dataset="/dev/urandom"),
+    data_case("data-huge-integer", GOOD_ROW + '{"input": "a", "output": "b", "n": ' + HUGE + "}\n",
+              ["data.jsonl:2", "invalid JSON", "digits"]),
+    data_case("data-deep-row", GOOD_ROW + '{"input": "a", "output": "b", "n": ' + DEEP + "}\n",
+              ["data.jsonl:2", "nested too deeply"]),
+    data_case("data-nested-150", GOOD_ROW + '{"input": "a", "output": "b", "n": ' + "[" * 150 + "]" * 150 + "}\n",
+              ["data.jsonl:2", "nested too deeply"]),
+    data_case("data-lone-surrogate", GOOD_ROW + '{"input": "a\\udc80", "output": "b"}\n',
+              ["data.jsonl:2", "lone surrogate"]),
+    data_case("data-lone-surrogate-in-key", GOOD_ROW + '{"input": "a", "output": "b", "\\ud800": 1}\n',
+              ["data.jsonl:2", "lone surrogate"]),
+    data_case("data-huge-field-names", GOOD_ROW + json.dumps({BIG_VALUE: 1}) + "\n",
+              ["data.jsonl:2", "characters cut"]),
+]
+for _case in ROUND_TWO_CASES:
+    if _case.id == "data-huge-field-names":
+        _case.max_output = 3000
+
+CASES = {case.id: case for case in CONFIG_CASES + DATA_CASES + ROUND_TWO_CASES}
 
 
 def run_cli(tmp_path: Path, case: Case, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -147,6 +250,8 @@ def run_cli(tmp_path: Path, case: Case, monkeypatch: pytest.MonkeyPatch) -> Any:
             path.write_bytes(content)
         else:
             path.write_text(content, encoding="utf-8")
+    if case.setup is not None:
+        case.setup(tmp_path)
     monkeypatch.chdir(tmp_path)
     for key in ("MODELFORGE_LOAD_PLUGINS", "MODELFORGE_DISABLE_PLUGINS"):
         monkeypatch.delenv(key, raising=False)
@@ -167,14 +272,17 @@ def test_bad_input_gets_one_clear_message(case_id: str, tmp_path: Path, monkeypa
     assert result.exit_code == case.exit_code, output
     assert isinstance(result.exception, SystemExit), f"unhandled {result.exception!r}"
     assert "Traceback" not in output
+    assert len(output) < case.max_output, f"{len(output)} characters of output"
     for text in case.expect:
-        assert text in output, f"{text!r} not in:\n{output}"
+        assert text in output, f"{text!r} not in:\n{output[:3000]}"
 
 
 def test_reliability_doc_lists_every_case_with_its_test() -> None:
     doc = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| `([a-z0-9-]+)` \|.*\| `(tests/[^`]+)` \|$", doc, flags=re.M)
     assert len(rows) >= 40
+    stated = re.search(r"The table lists \*\*(\d+) cases\*\*", doc)
+    assert stated and int(stated.group(1)) == len(rows), "update the count of cases in docs/reliability.md"
     documented = {case_id for case_id, _ in rows}
     assert set(CASES) <= documented, set(CASES) - documented
     for case_id, test in rows:

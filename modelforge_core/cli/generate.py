@@ -67,12 +67,15 @@ def read_text(value: str, option: str) -> str:
     if value.startswith("@@"):
         return value[1:]
     if value.startswith("@"):
+        from ..safeio import MAX_CONFIG_BYTES, describe_error, read_file
+
         path = Path(value[1:])
         try:
-            return path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"{option} {value}: cannot read {path} ({exc.strerror or exc}); "
-                             "give the text itself or @ and an existing file") from exc
+            return read_file(path, limit=MAX_CONFIG_BYTES).data.decode("utf-8")
+        except (OSError, ValueError) as exc:  # a FIFO or a device is refused, never read
+            reason = describe_error(exc) if not isinstance(exc, UnicodeDecodeError) else "not UTF-8 text"
+            raise UsageError(f"{option} {value}: cannot read {path} ({reason}); "
+                             "give the text itself or @ and an existing regular file") from exc
     return value
 
 

@@ -10,7 +10,7 @@ import click
 from .output import dump_json
 
 STATUS_COLOURS = {"finished": "green", "running": "cyan", "failed": "red", "interrupted": "yellow",
-                  "stale": "magenta", "unknown": "white"}
+                  "stale": "magenta", "unknown": "white", "damaged": "red"}
 
 
 def _short_time(value: str | None) -> str:
@@ -67,5 +67,5 @@ def runs(root: Path, as_json: bool) -> None:
     click.secho(line(header), bold=True)
     for run, row in zip(found, rows, strict=True):
         click.echo(line(row, STATUS_COLOURS.get(run.status)))
-        if run.status in ("failed", "stale") and (run.error or run.note):
+        if run.status in ("failed", "stale", "damaged") and (run.error or run.note):
             click.secho(f"    {run.error or run.note}", dim=True)

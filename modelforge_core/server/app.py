@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -31,11 +32,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..config import Document, ResolvedConfig, resolve_config, resolve_paths
-from ..errors import ConfigError, ValidationFailed
+from ..errors import ConfigError, ValidationFailed, shorten
 from ..jsonpos import loads_with_lines
 from ..plugins import Plugins, get_plugins
 from ..readiness import environment_problems
-from ..runs import CONFIG_FILE, default_run_name
+from ..runs import CONFIG_FILE, default_run_name, output_dir_problem
 from ..schema import effective_schema
 from ..web import STATIC_DIR
 from .files import FileProblem, list_files, preview_dataset, resolve_inside
@@ -216,6 +217,8 @@ class Service:
         self.store = JobStore(settings.state_dir)
         self.doctor_report: tuple[float, dict[str, Any]] | None = None
         self.doctor_lock = asyncio.Lock()
+        #: Held while a submission checks its output_dir and records its job.
+        self.submit_lock = threading.Lock()
 
     # -- configs ------------------------------------------------------------------------------
 
@@ -287,7 +290,7 @@ class Service:
         try:
             return self.store.get(job_id)
         except KeyError:
-            raise ApiError(404, "not_found", f"no job {job_id!r}") from None
+            raise ApiError(404, "not_found", f"no job {shorten(repr(job_id), 80)}") from None
 
     def run_view(self, folder: Path) -> dict[str, Any]:
         summary = run_summary(folder)
@@ -303,7 +306,16 @@ class Service:
                    *(p for p in by_run if (p / CONFIG_FILE).is_file())}
         out = []
         for folder in folders:
-            out.append({**self.run_view(folder), "job_id": by_run.get(folder)})
+            try:
+                view = self.run_view(folder)
+            except Exception as exc:  # one damaged folder never hides the others
+                from ..runlist import damaged
+
+                log.warning("run folder %s is damaged: %r", folder, exc)
+                view = damaged(folder, type(exc).__name__).to_json()
+                view.pop("path")
+                view.update(id=self.settings.relative(folder), dataset=None, has_adapter=False, checkpoint=None)
+            out.append({**view, "job_id": by_run.get(folder)})
         return sorted(out, key=lambda r: (r["started_at"] or "", r["id"]), reverse=True)
 
 
@@ -380,21 +392,25 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
                 raise ApiError(422, "cannot_run_here", "this environment cannot run the config: "
                                + "; ".join(problems))
             job_id = new_job_id()
-            active = {Path(j.run_dir) for j in service.store.all() if j.state not in TERMINAL}
-            if resolved.get("output_dir"):
-                run_dir = Path(resolved["output_dir"])
-                if (run_dir.exists() and any(run_dir.iterdir())) or run_dir in active:
+            if not resolved.get("output_dir"):
+                run_dir = settings.runs_dir / f"{default_run_name(resolved)}-{job_id}"
+                summary = job_summary(resolved, len(data.rows))
+                config = resolve_paths(dict(document.data), settings.data_root)
+                return service.store.create(config, run_dir, force=force, summary=summary, job_id=job_id)
+            run_dir = Path(resolved["output_dir"])
+            # Check and create under one lock: of concurrent submissions for one output_dir,
+            # exactly one is accepted (the server is the only writer of its job folder).
+            with service.submit_lock:
+                active = {Path(j.run_dir).resolve() for j in service.store.all() if j.state not in TERMINAL}
+                if run_dir.resolve() in active or (run_dir.is_dir() and any(run_dir.iterdir())):
                     raise ApiError(409, "run_exists", f"output_dir {settings.relative(run_dir)} is in use already: "
                                    "choose another one, or leave output_dir out")
-            else:
-                run_dir = settings.runs_dir / f"{default_run_name(resolved)}-{job_id}"
-            summary = {k: resolved.get(k) for k in ("task", "strategy", "provider", "model_name", "dataset",
-                                                    "compute_specs", "max_steps", "num_train_epochs")}
-            summary["rows"] = len(data.rows)
-            # The job trains the user's own values (not the resolved ones, so the run records the
-            # same provenance as a file would), with paths made absolute against the data root.
-            config = resolve_paths(dict(document.data), settings.data_root)
-            return service.store.create(config, run_dir, force=force, summary=summary, job_id=job_id)
+                problem = output_dir_problem(run_dir)
+                if problem:
+                    raise ApiError(400, "bad_output_dir", problem.replace(str(settings.data_root) + os.sep, ""))
+                summary = job_summary(resolved, len(data.rows))
+                config = resolve_paths(dict(document.data), settings.data_root)
+                return service.store.create(config, run_dir, force=force, summary=summary, job_id=job_id)
 
         job = await anyio.to_thread.run_sync(prepare)
         return JSONResponse(service.job_view(job), 202, headers={"Location": f"{API}/jobs/{job.id}"})
@@ -457,7 +473,7 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
     async def run_detail(request: Request) -> Response:
         folder = _inside_or_error(settings, request.path_params["run_id"])
         if not (folder / CONFIG_FILE).is_file():
-            raise ApiError(404, "not_found", f"no run folder {request.path_params['run_id']!r}")
+            raise ApiError(404, "not_found", f"no run folder {shorten(repr(request.path_params['run_id']), 80)}")
 
         def detail() -> dict[str, Any]:
             records, _ = read_log(folder)
@@ -515,6 +531,16 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
 
 # --- helpers -----------------------------------------------------------------------------------
 
+def job_summary(resolved: Any, rows: int) -> dict[str, Any]:
+    """What a job's record keeps of its config. The job itself trains the user's own values (not
+    the resolved ones, so the run records the same provenance as a file would), with paths made
+    absolute against the data root."""
+    summary = {k: resolved.get(k) for k in ("task", "strategy", "provider", "model_name", "dataset",
+                                            "compute_specs", "max_steps", "num_train_epochs")}
+    summary["rows"] = rows
+    return summary
+
+
 def _flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
 
@@ -524,6 +550,8 @@ def _inside_or_error(settings: ServerSettings, given: str) -> Path:
         return resolve_inside(settings.data_root, given)
     except FileProblem as problem:
         raise ApiError(problem.status, problem.code, problem.message) from None
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte
+        raise ApiError(400, "bad_path", f"{shorten(repr(given), 80)} is not a usable path") from None
 
 
 def plugins_report(loaded: Plugins) -> dict[str, Any]:

@@ -24,6 +24,8 @@ JSON_ARRAY_LIMIT = 32 << 20
 PREVIEW_STRING_CHARS = 400
 MAX_PREVIEW_ROWS = 50
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+#: Longer paths are refused before the filesystem sees them.
+MAX_PATH_CHARS = 1024
 
 
 class FileProblem(Exception):
@@ -40,10 +42,14 @@ def inside(path: Path, root: Path) -> bool:
 
 def resolve_inside(root: Path, given: str) -> Path:
     """``given`` (relative to ``root``, or absolute) resolved, refused unless it stays in ``root``."""
-    if not given or "\0" in given:
-        raise FileProblem(400, "bad_path", "give a path relative to the data root")
+    if not given or "\0" in given or len(given) > MAX_PATH_CHARS:
+        raise FileProblem(400, "bad_path", "give a path relative to the data root (no NUL byte, at most "
+                          f"{MAX_PATH_CHARS} characters)")
     candidate = Path(given).expanduser()
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    try:
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    except (OSError, RuntimeError):  # a symlink loop, a component too long for the filesystem
+        raise FileProblem(400, "bad_path", "the path cannot be resolved (a symlink loop, a name too long?)") from None
     if not inside(resolved, root):
         raise FileProblem(403, "outside_root", f"{given} is outside the data root: only files under it can be used")
     return resolved
@@ -115,8 +121,12 @@ def preview_dataset(root: Path, given: str, limit: int = 5) -> Preview:
     shown = path.relative_to(root).as_posix()
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
-    with open(path, "rb") as handle:
-        head = handle.read(PREVIEW_BYTES)
+    from ..safeio import describe_error, read_head
+
+    try:
+        head = read_head(path, PREVIEW_BYTES)
+    except (OSError, ValueError) as exc:  # swapped for a FIFO or a device since the check above
+        raise FileProblem(422, "unreadable", f"{given}: {describe_error(exc)}") from None
     try:
         text = head.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -145,8 +155,20 @@ def preview_dataset(root: Path, given: str, limit: int = 5) -> Preview:
         except json.JSONDecodeError as exc:
             problems.append({"line": number, "message": f"invalid JSON: {exc.msg} (column {exc.colno})"})
             continue
+        except RecursionError:
+            problems.append({"line": number, "message": "invalid JSON: nested too deeply"})
+            continue
+        except ValueError:  # Python's int-string limit: a number of thousands of digits
+            problems.append({"line": number, "message": "invalid JSON: a number with too many digits"})
+            continue
         if not isinstance(value, dict):
             problems.append({"line": number, "message": f"a row must be a JSON object, got {type(value).__name__}"})
+            continue
+        from ..data import value_problem
+
+        problem = value_problem(value)  # a lone surrogate cannot even be sent back as JSON
+        if problem:
+            problems.append({"line": number, "message": problem})
             continue
         rows.append(_shorten(value))
     return Preview(shown, "jsonl", rows, _columns(rows), problems, more)
@@ -155,9 +177,15 @@ def preview_dataset(root: Path, given: str, limit: int = 5) -> Preview:
 def _preview_array(path: Path, shown: str, limit: int) -> Preview:
     if path.stat().st_size > JSON_ARRAY_LIMIT:
         raise FileProblem(413, "too_large", f"{shown} is a JSON array too large to preview; use JSONL")
+    from ..safeio import read_file
+
     try:
-        value = json.loads(path.read_text("utf-8-sig"))
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = json.loads(read_file(path, limit=JSON_ARRAY_LIMIT).data.decode("utf-8-sig"))
+    except OSError as exc:
+        from ..safeio import describe_error
+
+        raise FileProblem(422, "unreadable", f"{shown}: {describe_error(exc)}") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         line = getattr(exc, "lineno", None)
         where = f" at line {line}" if line else ""
         raise FileProblem(422, "invalid_json", f"{shown} is not valid JSON{where}") from None

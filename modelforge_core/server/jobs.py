@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -75,6 +76,10 @@ class Job:
         return asdict(self)
 
 
+#: What a job id may look like: letters, digits, ``-`` and ``_``, at most 64 characters.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 def new_job_id() -> str:
     """Sortable by creation time and unguessable enough not to collide: ``j20261122-085901-3fa2c1``."""
     return time.strftime("j%Y%m%d-%H%M%S-") + secrets.token_hex(3)
@@ -95,7 +100,8 @@ class JobStore:
             folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, job_id: str) -> Path:
-        if not job_id or "/" in job_id or "\\" in job_id or job_id.startswith("."):
+        # Job ids are ours (``new_job_id``): anything else is no job, never a filesystem error.
+        if not JOB_ID.fullmatch(job_id):
             raise KeyError(job_id)
         return self.jobs_dir / f"{job_id}.json"
 
@@ -191,16 +197,18 @@ def is_training_record(record: Mapping[str, Any]) -> bool:
 def planned_steps(run_dir: Path) -> int | None:
     """How many optimizer steps the training will take: ``max_steps`` when set, else an estimate
     from the manifest (train rows, batch size, accumulation, epochs, processes)."""
-    config = _read(run_dir, CONFIG_FILE).get("config", {})
+    config = _read(run_dir, CONFIG_FILE).get("config")
+    config = config if isinstance(config, dict) else {}
     max_steps = config.get("max_steps")
     if isinstance(max_steps, int) and max_steps > 0:
         return max_steps
     manifest = _read(run_dir, MANIFEST_FILE)
-    rows = manifest.get("data", {}).get("train_rows")
-    batch = config.get("per_device_train_batch_size")
+    data, hardware = manifest.get("data"), manifest.get("hardware")
+    rows: Any = data.get("train_rows") if isinstance(data, dict) else None
+    batch: Any = config.get("per_device_train_batch_size")
     accumulation = config.get("gradient_accumulation_steps") or 1
-    epochs = config.get("num_train_epochs")
-    processes = manifest.get("hardware", {}).get("processes") or 1
+    epochs: Any = config.get("num_train_epochs")
+    processes = (hardware.get("processes") if isinstance(hardware, dict) else None) or 1
     if not all(isinstance(v, int) and v > 0 for v in (rows, batch, epochs)):
         return None
     batches = math.ceil(int(rows) / (int(batch) * int(processes)))
@@ -250,14 +258,17 @@ def chart_points(records: list[dict[str, Any]], limit: int = MAX_CHART_POINTS) -
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """What ``modelforge runs --json`` says of a run folder, plus its dataset, adapter and last
     checkpoint (the absolute ``path`` is left for the API to show relative to its root)."""
-    from ..runlist import summarize
+    from ..runlist import summarize_safely
 
-    summary = summarize(run_dir).to_json()
-    summary.update(
-        dataset=_read(run_dir, CONFIG_FILE).get("config", {}).get("dataset"),
-        has_adapter=(run_dir / "adapter").is_dir(),
-        checkpoint=(RunDir(run_dir).last_checkpoint() or Path("")).name or None,
-    )
+    summary = summarize_safely(run_dir).to_json()
+    config = _read(run_dir, CONFIG_FILE).get("config")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    try:
+        checkpoint = (RunDir(run_dir).last_checkpoint() or Path("")).name or None
+    except OSError:
+        checkpoint = None
+    summary.update(dataset=dataset if isinstance(dataset, str) else None,
+                   has_adapter=(run_dir / "adapter").is_dir(), checkpoint=checkpoint)
     return summary
 
 
@@ -266,7 +277,7 @@ def iter_run_dirs(runs_dir: Path) -> Iterator[Path]:
     if not runs_dir.is_dir():
         return
     for child in sorted(runs_dir.iterdir()):
-        if child.is_dir() and not child.name.startswith(".") and (child / CONFIG_FILE).is_file():
+        if child.is_dir() and not child.name.startswith(".") and (child / CONFIG_FILE).exists():
             yield child
 
 

@@ -26,6 +26,36 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve to anything
 
 
+#: What a token for a server reachable from other machines must have.
+MIN_TOKEN_CHARS = 24
+MIN_TOKEN_BITS = 100
+MAKE_TOKEN = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'  # noqa: S105 (a hint, not a secret)
+
+
+def token_weakness(token: str) -> str | None:
+    """Why ``token`` is too weak to guard a server reachable from other machines, or ``None``.
+
+    The estimate: length times the Shannon entropy of its characters, which ``secrets.token_urlsafe(32)``
+    (43 characters, about 200 bits by this measure) passes and a word, a repeated character or a
+    short PIN does not.
+    """
+    import math
+    from collections import Counter
+
+    if token != token.strip() or any(c.isspace() for c in token):
+        return "it contains whitespace"
+    if not token.isprintable():
+        return "it contains control characters"
+    if len(token) < MIN_TOKEN_CHARS:
+        return f"it has {len(token)} characters, fewer than {MIN_TOKEN_CHARS}"
+    counts = Counter(token)
+    per_char = -sum(n / len(token) * math.log2(n / len(token)) for n in counts.values())
+    bits = max(per_char * len(token), 0.0)
+    if bits < MIN_TOKEN_BITS:
+        return f"its characters are too predictable (about {bits:.0f} bits; at least {MIN_TOKEN_BITS} needed)"
+    return None
+
+
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -62,7 +92,10 @@ class ServerSettings:
         token = token or None
         if token is None and not is_loopback(host):
             raise UsageError(f"binding to {host} makes the API reachable from other machines: give a bearer "
-                             f"token with --token or the {TOKEN_ENV} environment variable")
+                             f"token with --token or the {TOKEN_ENV} environment variable ({MAKE_TOKEN})")
+        weakness = token_weakness(token) if token is not None else None
+        if weakness and not is_loopback(host):
+            raise UsageError(f"binding to {host} needs a real secret as the token: {weakness}. {MAKE_TOKEN}")
         if concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
         for origin in cors_origins:

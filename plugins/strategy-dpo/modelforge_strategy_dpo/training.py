@@ -12,6 +12,7 @@ from typing import Any
 
 from modelforge_core.api import TrainingJob, TrainResult
 from modelforge_core.training import NOISE_SUFFIXES, Interrupted, prepare_trainer, quiet_libraries
+from modelforge_core.trainloss import resumed_step, train_loss_over_all_steps
 
 #: The metrics of ``DPOTrainer.evaluate`` that a user reads: the loss, the implicit rewards
 #: (beta times the log-ratio to the reference) and their accuracy and margin, the log-probs.
@@ -118,10 +119,10 @@ def train(job: TrainingJob) -> TrainResult:
     else:
         before = {}
     output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-    if job.stop_requested():
+    if job.stop_requested() and trainer.state.global_step < trainer.state.max_steps:  # the last step: done
         raise Interrupted(f"training interrupted at step {trainer.state.global_step}; a checkpoint was saved")
     after = evaluate_preferences(trainer, job, "after") if eval_ds is not None else {}
-    after["train_loss"] = float(output.training_loss)
+    after["train_loss"] = train_loss_over_all_steps(trainer, output, resumed_step(job.resume_from))
     if job.save is not None:
         job.save(loaded, "adapter")
     return TrainResult(before, after, int(trainer.state.global_step))

@@ -26,6 +26,7 @@ from modelforge_core.api import LoadedModel, TrainingJob, TrainResult
 from modelforge_core.errors import ConfigError
 from modelforge_core.runs import METRICS_FILE
 from modelforge_core.training import Interrupted, prepare_trainer, quiet_libraries
+from modelforge_core.trainloss import resumed_step, train_loss_over_all_steps
 
 REWARD_ADAPTER = "reward_adapter"
 POLICY_ADAPTER = "adapter"
@@ -249,11 +250,11 @@ def train_reward_model(job: TrainingJob, resume_from: Path | None,
     before = dict(earlier.get("reward_model_before", {})) if resume_from is not None else measure(
         "reward_model_before")
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if job.stop_requested():
+    if job.stop_requested() and trainer.state.global_step < trainer.state.max_steps:  # the last step: done
         raise Interrupted(f"reward model training interrupted at step {trainer.state.global_step}; "
                           "a checkpoint was saved")
     after = measure("reward_model_after")
-    after["train_loss"] = float(output.training_loss)
+    after["train_loss"] = train_loss_over_all_steps(trainer, output, resumed_step(resume_from))
     steps = int(trainer.state.global_step)
     checkpoints = Path(trainer.args.output_dir)
     del trainer
@@ -411,10 +412,10 @@ def train_policy(job: TrainingJob, scorer: RewardModelScorer,
 
     before = dict(job.previous_metrics_before) if resume_from is not None else measure("before")
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if job.stop_requested():
+    if job.stop_requested() and trainer.state.global_step < trainer.state.max_steps:  # the last step: done
         raise Interrupted(f"policy training interrupted at step {trainer.state.global_step}; a checkpoint was saved")
     after = measure("after")
-    after["train_loss"] = float(output.training_loss)
+    after["train_loss"] = train_loss_over_all_steps(trainer, output, resumed_step(resume_from))
     steps = int(trainer.state.global_step)
     if job.save is not None:
         job.save(loaded, POLICY_ADAPTER)
