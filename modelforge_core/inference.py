@@ -30,7 +30,7 @@ def run_head(run: RunDir, task: Task, config: dict[str, Any]) -> str:
     try:
         return str(run.read_json(MANIFEST_FILE)["head"])
     except (FileNotFoundError, KeyError):
-        from .orchestrate import read_model_config
+        from .modelconfig import read_model_config
 
         return task.choose_head(config, read_model_config(config["model_name"]))
 

@@ -4,7 +4,6 @@ before anything heavy loads, a seeded split, the run folder, the strategy, metri
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import random
@@ -21,12 +20,12 @@ from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
 from .errors import ModelForgeError, Problem, RunError, ValidationFailed
+from .hardware import library_versions
+from .modelconfig import read_model_config
 from .plugins import Plugins, get_plugins
 from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
 from .schema import schema_version
 from .training import Display, Interrupted, StopFlag, catch_interruptions, make_run_callback
-
-LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "unsloth")
 
 
 @dataclass
@@ -61,16 +60,6 @@ def split_rows(rows: Sequence[Mapping[str, Any]], eval_split: float, seed: int,
     return sorted(indices[n_eval:]), sorted(indices[:n_eval])
 
 
-def read_model_config(model_name: str) -> dict[str, Any] | None:
-    path = Path(model_name) / "config.json"
-    if path.is_file():
-        try:
-            return dict(json.loads(path.read_text("utf-8")))
-        except (OSError, ValueError):
-            return None
-    return None
-
-
 def set_offline_environment(model_name: str) -> None:
     """No telemetry ever; fully offline when the model is a local folder."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -79,12 +68,6 @@ def set_offline_environment(model_name: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
-
-
-def library_versions() -> dict[str, str | None]:
-    from .runs import package_versions
-
-    return package_versions(LIBRARIES)
 
 
 def build_manifest(config: Mapping[str, Any], plugins: Plugins, data: Dataset, hardware: Any,
@@ -100,7 +83,7 @@ def build_manifest(config: Mapping[str, Any], plugins: Plugins, data: Dataset, h
         "schema_version": schema_version(),
         "components": components,
         "head": head,
-        "libraries": library_versions(),
+        "libraries": library_versions(plugins),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hardware": {"device": hardware.device, "name": hardware.name, "bf16": hardware.bf16,
@@ -140,7 +123,7 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     provider = registry.providers[config["provider"]]
     from .launch import check_scaling, sharding_from_environment
 
-    check_scaling(config, processes=_process_count(), sharding=sharding_from_environment())
+    check_scaling(config, processes=_process_count(), sharding=sharding_from_environment(), plugins=plugins)
     for component in (task, strategy, provider):
         message = component.check_environment()
         if message:

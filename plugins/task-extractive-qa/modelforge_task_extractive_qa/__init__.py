@@ -10,6 +10,9 @@ from modelforge_core import hookimpl
 from modelforge_core.api import LoadedModel, Task
 from modelforge_core.errors import Problem
 
+#: The window length when ``max_seq_length`` is null (the usual SQuAD setting).
+DEFAULT_MAX_LENGTH = 384
+
 
 def check_answers(row: Mapping[str, Any]) -> list[Problem]:
     """Problems with a SQuAD row's ``answers``: shape, types, and each answer found in the
@@ -57,6 +60,9 @@ class ExtractiveQA(Task):
     row_formats: ClassVar[Mapping[str, Sequence[str]]] = {
         "supervised": ('{"context": ..., "question": ..., "answers": {"text": [...], "answer_start": [...]}}',),
     }
+    generate_inputs: ClassVar[Mapping[str, str]] = {"context": "context", "question": "question"}
+    span_answer: ClassVar[bool] = True
+    default_sequence_length: ClassVar[int | None] = DEFAULT_MAX_LENGTH
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Windowing and span decoding for extractive question answering.",
         "properties": {
@@ -80,7 +86,7 @@ class ExtractiveQA(Task):
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         return "supervised" if {"context", "question", "answers"} & set(row) else None
 
-    def check_row(self, row: Mapping[str, Any], shape: str) -> list[Problem]:
+    def check_row(self, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
         problems = []
         for key in ("context", "question"):
             if key not in row:

@@ -22,6 +22,7 @@ class Summarization(Task):
     row_formats: ClassVar[Mapping[str, Sequence[str]]] = {
         "supervised": ('{"document": ..., "summary": ...}',),
     }
+    generate_inputs: ClassVar[Mapping[str, str]] = {"document": "document"}
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Generation settings for the summaries scored with ROUGE.",
         "properties": {
@@ -43,7 +44,7 @@ class Summarization(Task):
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         return "supervised" if "document" in row or "summary" in row else None
 
-    def check_row(self, row: Mapping[str, Any], shape: str) -> list[Problem]:
+    def check_row(self, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
         problems = []
         for key in ("document", "summary"):
             if key not in row:

@@ -66,6 +66,9 @@ class TextGeneration(Task):
                        '{"prompt": ..., "completion": ...}'),
         "preference": ('{"prompt": ..., "chosen": ..., "rejected": ...}',),
     }
+    generate_inputs: ClassVar[Mapping[str, str]] = {"prompt": "input", "system": "system"}
+    required_inputs: ClassVar[tuple[str, ...] | None] = ("prompt",)
+    conversational: ClassVar[bool] = True
 
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         if "chosen" in row or "rejected" in row:
@@ -84,7 +87,7 @@ class TextGeneration(Task):
             return "prompt_completion"
         return "io"
 
-    def check_row(self, row: Mapping[str, Any], shape: str) -> list[Problem]:
+    def check_row(self, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
         fmt = self.row_format(row)
         if fmt == "preference":
             return self._check_preference(row)
