@@ -347,6 +347,21 @@ class TrainingJob:
     run_dir: Any = None
 
 
+def task_load_fields(task: Task, config: Mapping[str, Any], head: str) -> dict[str, Any]:
+    """The :class:`LoadRequest` fields the task decides for ``head``: ``num_labels`` and
+    ``label_names`` of a ``sequence-classification`` head (:meth:`Task.label_names`) and
+    ``modules_to_save`` (:attr:`Task.modules_to_save`). The core passes them on every load of
+    a run (training, reload, evaluation, export), so each builds the same model."""
+    fields: dict[str, Any] = {}
+    if head == "sequence-classification":
+        labels = task.label_names(config)
+        if labels:
+            fields.update(num_labels=len(labels), label_names=list(labels))
+    if task.modules_to_save:
+        fields["modules_to_save"] = list(task.modules_to_save)
+    return fields
+
+
 def call_check_row(task: Task, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
     """``task.check_row(row, shape, config)``, or ``task.check_row(row, shape)`` for a task
     written before ``config`` was passed (a method with two parameters and no ``*args``)."""

@@ -313,7 +313,7 @@ def use_token_type_zero(model: Any) -> bool:
 
 def load_reference(run: RunDir, config: Mapping[str, Any], head: str, dtype: str, plugins: Plugins) -> Any:
     """Base + adapter, unmerged, unquantized, in ``dtype``, through the run's provider."""
-    from .api import LoadRequest
+    from .api import LoadRequest, task_load_fields
     from .orchestrate import set_offline_environment
     from .training import quiet_libraries
 
@@ -326,7 +326,8 @@ def load_reference(run: RunDir, config: Mapping[str, Any], head: str, dtype: str
     provider = plugins.registry.providers[config["provider"]]
     loaded = provider.load(LoadRequest(model_name=config["model_name"], head=head,
                                        config=unquantized_config(config, dtype), new_adapter=False,
-                                       adapter_path=adapter, for_training=False))
+                                       adapter_path=adapter, for_training=False,
+                                       **task_load_fields(plugins.registry.tasks[config["task"]], config, head)))
     wanted = _torch_dtype(dtype)
     base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
     if next(base.parameters()).dtype != wanted:

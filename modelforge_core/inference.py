@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .api import LoadedModel, LoadRequest, Provider, Task
+from .api import LoadedModel, LoadRequest, Provider, Task, task_load_fields
 from .errors import RunError
 from .plugins import Plugins, get_plugins
 from .runs import ADAPTER_DIR, MANIFEST_FILE, RunDir
@@ -56,5 +56,6 @@ def load_trained(run_dir: Path, *, plugins: Plugins | None = None, adapter: str 
     quiet_libraries()
     loaded = provider.load(LoadRequest(
         model_name=config["model_name"], head=head, config=config, new_adapter=False,
-        adapter_path=adapter_path if with_adapter else None, for_training=False))
+        adapter_path=adapter_path if with_adapter else None, for_training=False,
+        **task_load_fields(task, config, head)))
     return TrainedRun(run, config, task, provider, head, loaded)

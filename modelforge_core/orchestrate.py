@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob
+from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob, task_load_fields
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
 from .errors import ModelForgeError, Problem, RunError, ValidationFailed
@@ -200,8 +200,9 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         from transformers import set_seed
 
         set_seed(config["seed"])
-        request = LoadRequest(model_name=kwargs.pop("model_name", config["model_name"]), head=head,
-                              config=config.data, **kwargs)
+        fields = {**task_load_fields(task, config.data, head), **kwargs}
+        request = LoadRequest(model_name=fields.pop("model_name", config["model_name"]), head=head,
+                              config=config.data, **fields)
         return provider.load(request)
 
     def save(loaded: LoadedModel, name: str) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +70,23 @@ def quantization_config(config: Mapping[str, Any], head: str = "causal-lm") -> A
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
-def lora_config(config: Mapping[str, Any], head: str) -> Any:
+def lora_config(config: Mapping[str, Any], head: str, modules_to_save: Sequence[str] = (),
+                inside_saved: Sequence[str] = ()) -> Any:
+    """peft's ``LoraConfig`` from the config; ``modules_to_save`` (the task's) are trained in
+    full and saved, and LoRA does not wrap the layers ``inside_saved`` them."""
     from peft import LoraConfig
 
     targets = config.get("lora_target_modules", "all-linear")
     extra: dict[str, Any] = {}
+    excluded: list[str] = []
     if head == "question-answering" and targets == "all-linear":
         # peft trains the span head in full (modules_to_save); LoRA must not wrap it too.
-        extra["exclude_modules"] = HEAD_MODULES[head]
+        excluded += HEAD_MODULES[head]
+    if modules_to_save:
+        extra["modules_to_save"] = list(modules_to_save)
+        excluded += list(inside_saved)
+    if excluded:
+        extra["exclude_modules"] = excluded
     return LoraConfig(**extra,
         r=config["lora_r"],
         lora_alpha=config["lora_alpha"],
@@ -137,6 +146,10 @@ def load(request: LoadRequest) -> LoadedModel:
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     if request.head == "sequence-classification":
         kwargs["num_labels"] = request.num_labels or 1
+        if request.label_names:
+            # The names travel in the model config: the adapter's base, the merged export.
+            kwargs["id2label"] = dict(enumerate(request.label_names))
+            kwargs["label2id"] = {name: index for index, name in enumerate(request.label_names)}
     auto = getattr(transformers, AUTO_CLASSES[request.head])
     try:
         saved = request.adapter_path is not None and (Path(request.adapter_path) / "tokenizer_config.json").exists()
@@ -162,7 +175,12 @@ def load(request: LoadRequest) -> LoadedModel:
         model = PeftModel.from_pretrained(model, str(request.adapter_path), adapter_name=request.adapter_name,
                                           is_trainable=request.for_training)
     elif request.new_adapter:
-        model = get_peft_model(model, lora_config(config, request.head), adapter_name=request.adapter_name)
+        saved = list(request.modules_to_save)
+        inside = [key for key, _module in model.named_modules()
+                  if any(key == name or key.endswith(f".{name}") or f".{name}." in f".{key}" for name in saved)
+                  and not any(key == name or key.endswith(f".{name}") for name in saved)]
+        model = get_peft_model(model, lora_config(config, request.head, saved, inside),
+                               adapter_name=request.adapter_name)
     if not request.for_training:
         model.eval()
     info: dict[str, Any] = {
