@@ -347,6 +347,20 @@ class TrainingJob:
     run_dir: Any = None
 
 
+def required_text(row: Mapping[str, Any], keys: Sequence[str], *, allow_empty: Sequence[str] = ()) -> list[Problem]:
+    """For :meth:`Task.check_row`: a problem for each of ``keys`` that is missing, not a string
+    or empty (blank), except that the ``allow_empty`` ones may be empty."""
+    problems = []
+    for key in keys:
+        if key not in row:
+            problems.append(Problem(key, "missing field", code="missing_field"))
+        elif not isinstance(row[key], str):
+            problems.append(Problem(key, f"expected a string, got {type(row[key]).__name__}", code="type"))
+        elif key not in allow_empty and not row[key].strip():
+            problems.append(Problem(key, "must not be empty", code="empty"))
+    return problems
+
+
 def task_load_fields(task: Task, config: Mapping[str, Any], head: str) -> dict[str, Any]:
     """The :class:`LoadRequest` fields the task decides for ``head``: ``num_labels`` and
     ``label_names`` of a ``sequence-classification`` head (:meth:`Task.label_names`) and

@@ -212,15 +212,20 @@ def precision_problems(config: Mapping[str, Any], *, device: str, device_name: s
     return problems
 
 
-def cuda_bf16_native(index: int = 0) -> bool:
-    """True when CUDA device ``index`` computes bf16 natively (compute capability 8.0 or newer).
+def bf16_from_capability(major: int) -> bool:
+    """The one bf16 rule for CUDA: native from compute capability 8.0 (Ampere) on.
 
     ``torch.cuda.is_bf16_supported()`` also says yes for GPUs that emulate bf16 slowly.
     """
+    return major >= 8
+
+
+def cuda_bf16_native(index: int = 0) -> bool:
+    """True when CUDA device ``index`` computes bf16 natively (:func:`bf16_from_capability`)."""
     import torch
 
     major, _minor = torch.cuda.get_device_capability(index)
-    return major >= 8
+    return bf16_from_capability(major)
 
 
 @cache
@@ -379,7 +384,7 @@ def detect_accelerators() -> tuple[Accelerator, ...]:
             props = torch.cuda.get_device_properties(index)
             found.append(Accelerator(
                 "cuda", index, props.name, round(props.total_memory / GIB, 2),
-                bf16=props.major >= 8, fp16=True, compute_capability=f"{props.major}.{props.minor}"))
+                bf16=bf16_from_capability(props.major), fp16=True, compute_capability=f"{props.major}.{props.minor}"))
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         memory = None
         if hasattr(torch, "mps") and hasattr(torch.mps, "recommended_max_memory"):

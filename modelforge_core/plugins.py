@@ -336,3 +336,19 @@ def set_plugins(plugins: Plugins | None) -> None:
         _current.pop("plugins", None)
     else:
         _current["plugins"] = plugins
+
+
+def plugins_report(loaded: Plugins) -> dict[str, Any]:
+    """What ``modelforge plugins --json`` prints and the server's ``/plugins`` answers: each
+    plugin with its hooks and components, and the skipped ones."""
+    rows: list[dict[str, Any]] = []
+    for name, info in sorted(loaded.infos.items()):
+        components = [
+            {"kind": c.kind, "name": c.name, "description": c.description, "capabilities": c.capabilities(),
+             "options": sorted((c.options_schema or {}).get("properties", {}))}
+            for c in loaded.registry.components() if loaded.registry.owner_of(c).name == name
+        ]
+        rows.append({"name": name, "distribution": info.distribution, "version": info.version,
+                     "hooks": loaded.hook_names(name), "components": components})
+    skipped = [{"name": s.name, "distribution": s.distribution, "reason": s.reason} for s in loaded.skipped]
+    return {"plugins": rows, "skipped": skipped}

@@ -140,6 +140,10 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
         props[field]["enum"] = [n for n in canonical_order if n in installed] + sorted(
             n for n in installed if n not in canonical_order
         )
+        added = [registry.of_kind(kind)[n] for n in props[field]["enum"] if n not in canonical_order]
+        if added:  # the description names what plugins add, as it names the built-ins
+            props[field]["description"] += " Installed plugins add: " + "; ".join(
+                f"{c.name} ({c.description.rstrip('.') or 'no description'})" for c in added) + "."
     rules = [r for r in schema["allOf"] if r.get("$comment") != "compatibility"]
     rules.extend(compatibility_rules(registry))
     for component in registry.components():

@@ -102,7 +102,9 @@ def detect_hardware() -> Hardware:
     import torch
 
     if torch.cuda.is_available():
-        return Hardware("cuda", torch.cuda.get_device_name(0), torch.cuda.is_bf16_supported(), True)
+        from .hardware import cuda_bf16_native
+
+        return Hardware("cuda", torch.cuda.get_device_name(0), cuda_bf16_native(), True)
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return Hardware("mps", "Apple MPS", True, True)
     return Hardware("cpu", "CPU", True, False)
@@ -116,9 +118,9 @@ def check_precision(config: Mapping[str, Any], hardware: Hardware) -> None:
     and the user set neither fp16 nor bf16), choose it for this hardware: a resolved config is
     updated in place, with the profile as the source (see ``hardware.apply_auto_precision``).
     """
-    from .hardware import apply_auto_precision, bitsandbytes_status, cuda_bf16_native, precision_problems
+    from .hardware import apply_auto_precision, bitsandbytes_status, precision_problems
 
-    bf16 = hardware.bf16 and (hardware.device != "cuda" or cuda_bf16_native())
+    bf16 = hardware.bf16  # detect_hardware applies the one rule (hardware.cuda_bf16_native)
     apply_auto_precision(config, hardware.device, bf16)
     quantized = config.get("use_4bit") or config.get("use_8bit")
     problems = precision_problems(config, device=hardware.device, device_name=hardware.name, fp16=hardware.fp16,

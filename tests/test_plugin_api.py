@@ -360,3 +360,15 @@ def test_demo_imports_nothing_from_pytest(tmp_path: Path) -> None:
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "modelforge_core.testing.configs" in imports
+
+
+def test_the_effective_schema_describes_third_party_components(third_party: Plugins) -> None:
+    from modelforge_core.schema import effective_schema
+
+    properties = effective_schema(third_party.registry)["properties"]
+    assert properties["task"]["description"].endswith(
+        "Installed plugins add: verdicts-3p (A third-party task (test)).")
+    assert "triples-3p (A third-party strategy (test): three sequences per example, unfused loss)" in \
+        properties["strategy"]["description"]
+    assert "remote-3p" in properties["provider"]["description"]
+    assert "remote-3p" in properties["provider"]["enum"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from modelforge_core.api import LoadedModel, LoadRequest
-from modelforge_core.errors import EnvironmentProblem, ModelForgeError
+from modelforge_core.errors import EnvironmentProblem, ModelLoadError
 
 AUTO_CLASSES = {
     "causal-lm": "AutoModelForCausalLM",
@@ -21,12 +21,6 @@ PEFT_TASK_TYPES = {
     "question-answering": "QUESTION_ANS",
     "sequence-classification": "SEQ_CLS",
 }
-
-
-class ModelLoadError(ModelForgeError):
-    """The model or tokenizer could not be loaded (missing path, not a model, remote code)."""
-
-    exit_code = 2
 
 
 def torch_dtype(config: Mapping[str, Any]) -> Any:

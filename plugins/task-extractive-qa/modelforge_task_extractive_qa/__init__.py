@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from modelforge_core import hookimpl
-from modelforge_core.api import LoadedModel, Task
+from modelforge_core.api import LoadedModel, Task, required_text
 from modelforge_core.errors import Problem
 
 #: The window length when ``max_seq_length`` is null (the usual SQuAD setting).
@@ -87,15 +87,7 @@ class ExtractiveQA(Task):
         return "supervised" if {"context", "question", "answers"} & set(row) else None
 
     def check_row(self, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
-        problems = []
-        for key in ("context", "question"):
-            if key not in row:
-                problems.append(Problem(key, "missing field", code="missing_field"))
-            elif not isinstance(row[key], str):
-                problems.append(Problem(key, f"expected a string, got {type(row[key]).__name__}", code="type"))
-            elif not row[key].strip():
-                problems.append(Problem(key, "must not be empty", code="empty"))
-        return problems + check_answers(row)
+        return required_text(row, ("context", "question")) + check_answers(row)
 
     def build_dataset(self, rows: Sequence[Mapping[str, Any]], *, shape: str, tokenizer: Any,
                       config: Mapping[str, Any], head: str) -> Any:

@@ -11,21 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from modelforge_core import hookimpl
-from modelforge_core.api import LoadedModel, Task
+from modelforge_core.api import LoadedModel, Task, required_text
 from modelforge_core.errors import Problem
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
 def _text_problem(row: Mapping[str, Any], key: str, *, allow_empty: bool = False) -> Problem | None:
-    if key not in row:
-        return Problem(key, "missing field", code="missing_field")
-    value = row[key]
-    if not isinstance(value, str):
-        return Problem(key, f"expected a string, got {type(value).__name__}", code="type")
-    if not allow_empty and not value.strip():
-        return Problem(key, "must not be empty", code="empty")
-    return None
+    found = required_text(row, (key,), allow_empty=(key,) if allow_empty else ())
+    return found[0] if found else None
 
 
 def _messages_problems(value: Any, key: str, *, must_end_with_assistant: bool,
