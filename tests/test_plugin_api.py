@@ -372,3 +372,31 @@ def test_the_effective_schema_describes_third_party_components(third_party: Plug
         properties["strategy"]["description"]
     assert "remote-3p" in properties["provider"]["description"]
     assert "remote-3p" in properties["provider"]["enum"]
+
+
+def test_load_plugins_extra_works_when_the_plugin_is_installed_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/plugins.md's test fixture (``extra=[(name, module)]``) keeps working after the
+    Packaging section's install: the same module under the same entry-point name registers once."""
+    import importlib
+
+    info = tmp_path / "mf_api_twice-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mf-api-twice\nVersion: 1.0\n", "utf-8")
+    (info / "entry_points.txt").write_text("[modelforge]\nstrategy-twice = mf_api_twice\n", "utf-8")
+    (tmp_path / "mf_api_twice.py").write_text(
+        "from modelforge_core import hookimpl\nfrom modelforge_core.api import Strategy\n"
+        "class Twice(Strategy):\n    name = 'twice-3p'\n"
+        "@hookimpl\ndef register_strategies(register):\n    register(Twice())\n", "utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        module = importlib.import_module("mf_api_twice")
+        plugins = load_plugins(extra=[("strategy-twice", module)], environ={})
+        owner = plugins.registry.owner_of(plugins.registry.strategies["twice-3p"])
+        assert owner.distribution == "mf-api-twice"
+        from modelforge_core.errors import PluginError
+
+        with pytest.raises(PluginError, match="already taken"):  # another object under that name still clashes
+            load_plugins(extra=[("strategy-twice", ThirdParty())], environ={})
+    finally:
+        sys.modules.pop("mf_api_twice", None)
