@@ -137,11 +137,11 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     from .training import check_precision, detect_hardware
 
     hardware = detect_hardware()
-    check_precision(config, hardware)
+    check_precision(config, hardware, plugins)
     if not force:
         from .plan import check_fits
 
-        display.message(check_fits(config, hardware).headline())
+        display.message(check_fits(config, hardware, plugins=plugins).headline())
     if _process_count() > 1:
         from .launch import start_process_group
 

@@ -24,7 +24,7 @@ from .api import LoadedModel, RunInfo, TrainingJob, TrainResult
 from .errors import EnvironmentProblem, ModelForgeError
 
 if TYPE_CHECKING:
-    from .plugins import Hooks
+    from .plugins import Hooks, Plugins
     from .runs import RunDir
 
 #: Where each training field of the config goes in ``transformers.TrainingArguments``
@@ -110,7 +110,7 @@ def detect_hardware() -> Hardware:
     return Hardware("cpu", "CPU", True, False)
 
 
-def check_precision(config: Mapping[str, Any], hardware: Hardware) -> None:
+def check_precision(config: Mapping[str, Any], hardware: Hardware, plugins: Plugins | None = None) -> None:
     """Refuse what the hardware cannot run, one sentence each: fp16/bf16 without support,
     4-bit/8-bit where bitsandbytes cannot run, unsloth on Apple MPS.
 
@@ -124,7 +124,8 @@ def check_precision(config: Mapping[str, Any], hardware: Hardware) -> None:
     apply_auto_precision(config, hardware.device, bf16)
     quantized = config.get("use_4bit") or config.get("use_8bit")
     problems = precision_problems(config, device=hardware.device, device_name=hardware.name, fp16=hardware.fp16,
-                                  bf16=bf16, bitsandbytes=bitsandbytes_status(hardware.device) if quantized else None)
+                                  bf16=bf16, bitsandbytes=bitsandbytes_status(hardware.device) if quantized else None,
+                                  plugins=plugins)
     if problems:
         raise EnvironmentProblem("\n".join(problems))
 

@@ -69,4 +69,6 @@ def _short(value: Any) -> str:
         return "any"
     if isinstance(value, list):
         return "|".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return "|".join(f"{k}->{v}" for k, v in value.items()) or "none"
     return str(value)
