@@ -66,17 +66,16 @@ def test_three_labels_train_reload_evaluate_and_export_with_their_names(
     task = plugins.registry.tasks["text-classification"]
     data = sample_dataset(task)  # the rows the task declares (Task.sample_rows)
     config = tiny_config(tiny_qa_encoder, data, task="text-classification", strategy="sft", provider="huggingface",
-                         num_train_epochs=10, learning_rate=5e-3, eval_split=0.25, max_seq_length=32)
+                         num_train_epochs=40, learning_rate=2e-3, eval_split=0.25, max_seq_length=32)
     outcome = run_training(config, plugins=plugins)
     assert outcome.status == "finished", outcome
     before, after = outcome.metrics["before"], outcome.metrics["after"]
-    # The task's own metric is measured before and after (the tiny random encoder does not learn
-    # this small set well: the point here is the labels' path, not the score).
-    assert 0.0 <= before["accuracy"] <= 1.0 and 0.0 <= after["accuracy"] <= 1.0
+    assert after["eval_loss"] < 0.5 * before["eval_loss"], (before, after)
+    assert after["accuracy"] >= 0.8 > before["accuracy"], (before, after)  # held-out rows, three labels
     # Reload: three outputs with their names; the head and the pooler come back as trained.
     trained = load_trained(outcome.run_dir, plugins=plugins)
     assert trained.loaded.model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
-    assert trained.predict({"text": "the day was great"}) in ("negative", "neutral", "positive")
+    assert trained.predict({"text": "the day was great"}) == "positive"
     # The same metric on every reload.
     first = evaluate_run(outcome.run_dir, plugins=plugins).metrics
     second = evaluate_run(outcome.run_dir, plugins=plugins).metrics
