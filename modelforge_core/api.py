@@ -41,6 +41,12 @@ class Component:
     schema_rules: ClassVar[Sequence[Mapping[str, Any]]] = ()
     #: True when the component can only run on a GPU.
     needs_gpu: ClassVar[bool] = False
+    #: One sentence ``modelforge plan`` adds to its notes when a config uses the component
+    #: (how the component's real memory use differs from the estimate). ``None``: nothing.
+    memory_note: ClassVar[str | None] = None
+    #: Python distributions the component runs on beyond the core's ML libraries; their
+    #: versions go into each run's manifest and ``modelforge doctor``'s report.
+    libraries: ClassVar[tuple[str, ...]] = ()
 
     def check_environment(self) -> str | None:
         """Say, in one sentence with what to do, why this machine cannot run the component.
@@ -66,6 +72,20 @@ class Provider(Component):
     tasks: ClassVar[frozenset[str] | None] = None
     #: Strategies it supports; ``None``: all.
     strategies: ClassVar[frozenset[str] | None] = None
+    #: Whether it trains on several processes under ``accelerate launch``; when it cannot,
+    #: :attr:`single_process_reason` says why (the launcher and the orchestrator refuse).
+    multi_process: ClassVar[bool] = True
+    single_process_reason: ClassVar[str] = ""
+    #: The training devices it runs on (``"cuda"``, ``"mps"``, ``"cpu"``, ...); ``None``: all.
+    #: A config that would train on another device is refused with :attr:`devices_description`.
+    devices: ClassVar[frozenset[str] | None] = None
+    #: Where it runs, in words, for that refusal ("NVIDIA and AMD GPUs and the CPU").
+    devices_description: ClassVar[str] = ""
+    #: True when it prepares a 4-bit/8-bit base as peft's ``prepare_model_for_kbit_training``
+    #: does (every unquantized parameter in fp32, hence fp32 activations); the memory plan uses it.
+    kbit_upcasts_to_fp32: ClassVar[bool] = True
+    #: True when a 4-bit/8-bit base it loads can be sharded by FSDP or DeepSpeed ZeRO-3.
+    shards_quantized: ClassVar[bool] = False
 
     def load(self, request: LoadRequest) -> LoadedModel:
         """Load the model (and a fresh or saved adapter) and its tokenizer."""
@@ -83,6 +103,8 @@ class Provider(Component):
             "heads": sorted(self.heads),
             "tasks": None if self.tasks is None else sorted(self.tasks),
             "strategies": None if self.strategies is None else sorted(self.strategies),
+            "multi_process": self.multi_process,
+            "devices": None if self.devices is None else sorted(self.devices),
         }
 
 
@@ -96,6 +118,32 @@ class Task(Component):
     data_shapes: ClassVar[frozenset[str]] = frozenset({"supervised"})
     #: The row formats, for error messages: ``{"supervised": ['{"input", "output"}']}``.
     row_formats: ClassVar[Mapping[str, Sequence[str]]] = {}
+    #: What ``modelforge generate`` reads for :meth:`predict`: option name -> key of the input
+    #: row. ``--prompt``, ``--system``, ``--document``, ``--context`` and ``--question`` are
+    #: flags of their own; any other name is given as ``--input NAME=TEXT``.
+    generate_inputs: ClassVar[Mapping[str, str]] = {"prompt": "input"}
+    #: The options of :attr:`generate_inputs` that cannot be left out; ``None``: all of them.
+    required_inputs: ClassVar[tuple[str, ...] | None] = None
+    #: True when the task answers with a span of its input instead of generated text
+    #: (generation options such as ``--temperature`` mean nothing to it).
+    span_answer: ClassVar[bool] = False
+    #: True when :meth:`predict` takes a conversation (``{"messages": [...]}``): ``modelforge
+    #: chat`` accepts the task's runs.
+    conversational: ClassVar[bool] = False
+    #: The tokens per example the task uses when ``max_seq_length`` is null (fixed windows,
+    #: for example); ``None``: the longest example. The memory plan uses it.
+    default_sequence_length: ClassVar[int | None] = None
+    #: Names of the labels of a classification head, in label-id order. The core loads the
+    #: ``sequence-classification`` head with ``len(labels)`` outputs and ``id2label`` from
+    #: them (see :meth:`label_names` for labels that depend on the config). ``()``: no labels.
+    labels: ClassVar[tuple[str, ...]] = ()
+    #: Modules outside the LoRA targets that training must update and the adapter must save
+    #: (peft's ``modules_to_save``), for example a freshly initialised ``"pooler"``. A head's
+    #: own classifier is saved by peft already.
+    modules_to_save: ClassVar[tuple[str, ...]] = ()
+    #: A few valid rows per data shape (``{"supervised": [{...}, ...]}``): the test kit's
+    #: ``sample_dataset`` fixture writes them for the task. ``{}``: none.
+    sample_rows: ClassVar[Mapping[str, Sequence[Mapping[str, Any]]]] = {}
 
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         """Which data shape ``row`` has, or ``None`` when it has none the task knows.
@@ -104,12 +152,26 @@ class Task(Component):
         """
         raise NotImplementedError
 
-    def check_row(self, row: Mapping[str, Any], shape: str) -> list[Problem]:
+    def check_row(self, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
         """Every problem with one row of shape ``shape``; ``path`` is the field name.
+
+        ``config`` is the resolved config (the task's options under its name), so a row can be
+        checked against them (a label the task does not know). An implementation written for
+        the older ``check_row(row, shape)`` keeps working: the core passes ``config`` only to
+        a method that takes a third parameter (see :func:`call_check_row`).
 
         Must not import heavy libraries. The core adds file and line.
         """
         raise NotImplementedError
+
+    def label_names(self, config: Mapping[str, Any]) -> list[str]:
+        """The labels of the classification head for ``config``, in label-id order.
+
+        The default returns :attr:`labels`; override it when the labels come from the task's
+        options. The core fills :attr:`LoadRequest.num_labels` and
+        :attr:`LoadRequest.label_names` from it.
+        """
+        return list(self.labels)
 
     def choose_head(self, config: Mapping[str, Any], model_config: Mapping[str, Any] | None) -> str:
         """Pick the model head from the config and the model's ``config.json`` (if readable)."""
@@ -149,7 +211,9 @@ class Task(Component):
 
     def capabilities(self) -> dict[str, Any]:
         return {**super().capabilities(), "heads": list(self.heads),
-                "data_shapes": sorted(self.data_shapes)}
+                "data_shapes": sorted(self.data_shapes),
+                "generate_inputs": dict(self.generate_inputs), "span_answer": self.span_answer,
+                "labels": list(self.labels)}
 
 
 class Strategy(Component):
@@ -162,6 +226,15 @@ class Strategy(Component):
     tasks: ClassVar[frozenset[str] | None] = None
     #: The learning rate the strategy recommends (documentation and ``modelforge plugins``).
     recommended_learning_rate: ClassVar[float | None] = None
+    #: Sequences one example costs in a training step (2 for a preference pair that runs
+    #: the chosen and the rejected answer together); the memory plan multiplies by it.
+    sequences_per_example: ClassVar[int] = 1
+    #: True when its trainer computes a causal LM's loss in tiles (a fused LM head, as TRL's
+    #: ``SFTTrainer`` and ``DPOTrainer`` do), so the full logits are never held at once.
+    fused_loss: ClassVar[bool] = False
+    #: True when it trains only on a 4-bit base (the schema's rules set ``use_4bit``); the
+    #: profiles keep 4-bit for it and the hardware check says so when 4-bit cannot run.
+    needs_4bit: ClassVar[bool] = False
 
     def train(self, job: TrainingJob) -> TrainResult:
         """Train, evaluate before and after, save the adapter(s) into ``job.run``."""
@@ -173,6 +246,8 @@ class Strategy(Component):
             "data_shape": self.data_shape,
             "tasks": None if self.tasks is None else sorted(self.tasks),
             "recommended_learning_rate": self.recommended_learning_rate,
+            "sequences_per_example": self.sequences_per_example,
+            "fused_loss": self.fused_loss,
         }
 
 
@@ -187,8 +262,14 @@ class LoadRequest:
     new_adapter: bool = True
     #: Load this saved adapter on top of the base instead (inference, resuming).
     adapter_path: Path | None = None
-    #: For ``sequence-classification``: the number of labels (1 for a reward model).
+    #: For ``sequence-classification``: the number of labels (1 for a reward model). The core
+    #: fills it from :meth:`Task.label_names` when the task declares labels.
     num_labels: int | None = None
+    #: The label names, in label-id order (``id2label`` of the model config), or ``None``.
+    label_names: Sequence[str] | None = None
+    #: Modules that training updates and the adapter saves besides LoRA (peft's
+    #: ``modules_to_save``), from :attr:`Task.modules_to_save`.
+    modules_to_save: Sequence[str] = ()
     #: Prepare for training (kbit preparation, gradient checkpointing) or for inference.
     for_training: bool = True
     #: Name of the adapter inside the peft model (several adapters can share a base).
@@ -264,3 +345,49 @@ class TrainingJob:
     previous_metrics_before: dict[str, float] = field(default_factory=dict)
     #: The core's run folder object (``modelforge_core.runs.RunDir``), for extra outputs.
     run_dir: Any = None
+
+
+def required_text(row: Mapping[str, Any], keys: Sequence[str], *, allow_empty: Sequence[str] = ()) -> list[Problem]:
+    """For :meth:`Task.check_row`: a problem for each of ``keys`` that is missing, not a string
+    or empty (blank), except that the ``allow_empty`` ones may be empty."""
+    problems = []
+    for key in keys:
+        if key not in row:
+            problems.append(Problem(key, "missing field", code="missing_field"))
+        elif not isinstance(row[key], str):
+            problems.append(Problem(key, f"expected a string, got {type(row[key]).__name__}", code="type"))
+        elif key not in allow_empty and not row[key].strip():
+            problems.append(Problem(key, "must not be empty", code="empty"))
+    return problems
+
+
+def task_load_fields(task: Task, config: Mapping[str, Any], head: str) -> dict[str, Any]:
+    """The :class:`LoadRequest` fields the task decides for ``head``: ``num_labels`` and
+    ``label_names`` of a ``sequence-classification`` head (:meth:`Task.label_names`) and
+    ``modules_to_save`` (:attr:`Task.modules_to_save`). The core passes them on every load of
+    a run (training, reload, evaluation, export), so each builds the same model."""
+    fields: dict[str, Any] = {}
+    if head == "sequence-classification":
+        labels = task.label_names(config)
+        if labels:
+            fields.update(num_labels=len(labels), label_names=list(labels))
+    if task.modules_to_save:
+        fields["modules_to_save"] = list(task.modules_to_save)
+    return fields
+
+
+def call_check_row(task: Task, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
+    """``task.check_row(row, shape, config)``, or ``task.check_row(row, shape)`` for a task
+    written before ``config`` was passed (a method with two parameters and no ``*args``)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(task.check_row).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume the current one
+        return task.check_row(row, shape, config)
+    variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    positional = [p for p in parameters
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if variadic or len(positional) >= 3:
+        return task.check_row(row, shape, config)
+    return task.check_row(row, shape)  # type: ignore[call-arg]

@@ -544,7 +544,8 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     selected = [user.get(k, schema["properties"][k].get("default")) for k in ("task", "strategy", "provider")]
     defaults = schema_defaults(schema, [s for s in selected if s])
     profile_name = user["compute_specs"]
-    profile = profile_values(profile_name, user)
+    strategy = plugins.registry.strategies.get(str(selected[1]))
+    profile = profile_values(profile_name, user, needs_4bit=bool(strategy and strategy.needs_4bit))
     sources: dict[str, str] = {}
     _record(sources, defaults, "default")
     _record(sources, profile, f"profile:{profile_name}")

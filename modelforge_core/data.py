@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .api import call_check_row
 from .errors import Problem, ValidationFailed
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ def check_dataset(config: Mapping[str, Any], *, plugins: Plugins | None = None,
                           f"a {row_shape} row, but strategy {strategy.name!r} trains on {expected} rows",
                           "wrong_shape", f"expected one of: {'; '.join(formats)}" if formats else None)
             continue
-        problems = task.check_row(row, row_shape)
+        problems = call_check_row(task, row, row_shape, config)
         for problem in problems:
             collector.add(line, problem.path, problem.message, problem.code, problem.hint)
         if not problems:

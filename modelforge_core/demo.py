@@ -59,8 +59,8 @@ def run_demo(folder: Path, *, display: Display) -> DemoResult:
     from .config import load_document, resolve_config
     from .inference import load_trained
     from .orchestrate import train
+    from .testing.configs import tiny_config
     from .testing.datasets import capital_rows, write_jsonl
-    from .testing.pytest_plugin import tiny_config
 
     folder.mkdir(parents=True, exist_ok=True)
     build_base_model(folder, display)

@@ -134,3 +134,11 @@ class EnvironmentProblem(ModelForgeError):
 
 class RunError(ModelForgeError):
     """A run folder problem: it exists already, it is not a run, it cannot be resumed."""
+
+
+class ModelLoadError(ModelForgeError):
+    """A provider could not load the model, tokenizer or adapter (missing folder, not a model,
+    remote code refused, unsupported architecture). Raise it from :meth:`Provider.load` with one
+    sentence saying what to do; ``modelforge`` prints it and exits with code 2."""
+
+    exit_code = 2

@@ -313,7 +313,7 @@ def use_token_type_zero(model: Any) -> bool:
 
 def load_reference(run: RunDir, config: Mapping[str, Any], head: str, dtype: str, plugins: Plugins) -> Any:
     """Base + adapter, unmerged, unquantized, in ``dtype``, through the run's provider."""
-    from .api import LoadRequest
+    from .api import LoadRequest, task_load_fields
     from .inference import load_run_model, run_components
     from .orchestrate import set_offline_environment
     from .training import quiet_libraries
@@ -324,10 +324,11 @@ def load_reference(run: RunDir, config: Mapping[str, Any], head: str, dtype: str
         raise RunError(problem)
     set_offline_environment(str(config["model_name"]))
     quiet_libraries()
-    _task, provider = run_components(run, dict(config), plugins)
+    task, provider = run_components(run, dict(config), plugins)
     loaded = load_run_model(run, provider, LoadRequest(model_name=config["model_name"], head=head,
                                                        config=unquantized_config(config, dtype), new_adapter=False,
-                                                       adapter_path=adapter, for_training=False))
+                                                       adapter_path=adapter, for_training=False,
+                                                       **task_load_fields(task, config, head)))
     wanted = _torch_dtype(dtype)
     base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
     if next(base.parameters()).dtype != wanted:

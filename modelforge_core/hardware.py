@@ -25,15 +25,21 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelForgeError
+
+if TYPE_CHECKING:
+    from .plugins import Plugins
 
 GIB = 2**30
 
 #: The variable that replaces the detected memory of the training device (in GiB).
 ASSUME_MEMORY_ENV = "MODELFORGE_ASSUME_MEMORY_GB"
 
-#: The libraries whose versions ``modelforge doctor`` reports.
-LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "unsloth")
+#: The ML libraries whose versions ``modelforge doctor`` reports and each run's manifest records,
+#: besides those the installed components declare (:attr:`Component.libraries`).
+LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
 
 # --- the profile rule ----------------------------------------------------------------------
 #
@@ -159,14 +165,26 @@ class BitsAndBytesStatus:
     reason: str
 
 
+#: Training devices in words, for messages.
+DEVICE_WORDS = {"cuda": "a CUDA GPU", "mps": "Apple MPS", "xpu": "an Intel XPU", "cpu": "the CPU"}
+
+
 def precision_problems(config: Mapping[str, Any], *, device: str, device_name: str, fp16: bool,
-                       bf16: bool, bitsandbytes: BitsAndBytesStatus | None = None) -> list[str]:
+                       bf16: bool, bitsandbytes: BitsAndBytesStatus | None = None,
+                       plugins: Plugins | None = None) -> list[str]:
     """Why this hardware cannot run the config's precision, quantization or provider.
 
     One sentence each, with what to do. ``fp16``/``bf16``: whether the device trains with that
     precision (bf16: natively, on a GPU). ``bitsandbytes`` is needed only when the config
-    quantizes (``use_4bit``/``use_8bit``).
+    quantizes (``use_4bit``/``use_8bit``). The config's strategy and provider are asked what
+    they need (:attr:`Strategy.needs_4bit`, :attr:`Provider.devices`) from ``plugins``
+    (default: the installed ones).
     """
+    from .plugins import get_plugins
+
+    registry = (plugins or get_plugins()).registry
+    strategy = registry.strategies.get(str(config.get("strategy")))
+    provider = registry.providers.get(str(config.get("provider")))
     problems = []
     if config.get("fp16") and not fp16:
         problems.append(f"fp16 mixed precision needs a GPU, and this machine trains on the {device_name}: "
@@ -176,25 +194,38 @@ def precision_problems(config: Mapping[str, Any], *, device: str, device_name: s
                         "compute capability 8.0): set bf16 to false and fp16 to true")
     if (config.get("use_4bit") or config.get("use_8bit")) and bitsandbytes is not None and not bitsandbytes.runs:
         bits = "use_4bit" if config.get("use_4bit") else "use_8bit"
-        fix = ("set strategy to sft and use_4bit to false (qlora needs 4-bit)" if config.get("strategy") == "qlora"
-               else f"set {bits} to false")
+        fix = f"set {bits} to false"
+        if strategy is not None and strategy.needs_4bit:
+            others = sorted(other.name for other in registry.strategies.values()
+                            if not other.needs_4bit and other.data_shape == strategy.data_shape)
+            fix = (f"set strategy to {' or '.join(others) or 'one that trains a 16-bit base'} and use_4bit to false "
+                   f"({strategy.name} needs 4-bit)")
         problems.append(f"{bits} needs bitsandbytes, which cannot run on the {device_name} here "
                         f"({bitsandbytes.reason}): {fix}, or install a bitsandbytes build for this device")
-    if config.get("provider") == "unsloth" and device == "mps":
-        problems.append("the unsloth provider cannot train on Apple MPS (it runs on NVIDIA and AMD GPUs, "
-                        "Intel XPUs and, slowly, the CPU): set provider to huggingface")
+    if provider is not None and provider.devices is not None and device not in provider.devices:
+        others = sorted(other.name for other in registry.providers.values()
+                        if other.devices is None or device in other.devices)
+        where = provider.devices_description or ", ".join(sorted(provider.devices))
+        fix = f": set provider to {' or '.join(others)}" if others else ""
+        problems.append(f"the {provider.name} provider cannot train on {DEVICE_WORDS.get(device, device)} "
+                        f"(it runs on {where}){fix}")
     return problems
 
 
-def cuda_bf16_native(index: int = 0) -> bool:
-    """True when CUDA device ``index`` computes bf16 natively (compute capability 8.0 or newer).
+def bf16_from_capability(major: int) -> bool:
+    """The one bf16 rule for CUDA: native from compute capability 8.0 (Ampere) on.
 
     ``torch.cuda.is_bf16_supported()`` also says yes for GPUs that emulate bf16 slowly.
     """
+    return major >= 8
+
+
+def cuda_bf16_native(index: int = 0) -> bool:
+    """True when CUDA device ``index`` computes bf16 natively (:func:`bf16_from_capability`)."""
     import torch
 
     major, _minor = torch.cuda.get_device_capability(index)
-    return major >= 8
+    return bf16_from_capability(major)
 
 
 @cache
@@ -256,7 +287,6 @@ class Machine:
     cpu_count: int
     target: MemoryTarget
     bitsandbytes: BitsAndBytesStatus
-    unsloth_installed: bool
     versions: dict[str, str | None] = field(default_factory=dict)
 
     @property
@@ -271,7 +301,6 @@ class Machine:
             "cpu": {"count": self.cpu_count},
             "memory": {"total_gb": self.system_memory_gb, "available_gb": self.available_memory_gb},
             "bitsandbytes": asdict(self.bitsandbytes),
-            "unsloth": {"installed": self.unsloth_installed},
             "versions": self.versions,
             "precision": auto_precision(self.target.device, self.target.bf16),
             "assumed_memory_gb": assumed_memory_gb(),
@@ -289,9 +318,22 @@ def _version(name: str) -> str | None:
         return None
 
 
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the ML libraries (``None``: not installed); nothing is imported."""
-    return {name: _version(name) for name in LIBRARIES}
+def library_versions(plugins: Plugins | None = None) -> dict[str, str | None]:
+    """Installed versions (``None``: absent) of :data:`LIBRARIES` and of the libraries the
+    installed components declare (``plugins``, default: the installed ones)."""
+    from .runs import package_versions
+
+    names = list(LIBRARIES)
+    try:
+        from .plugins import get_plugins
+
+        registry = (plugins or get_plugins()).registry
+        for kind in ("provider", "strategy", "task"):
+            for component in registry.of_kind(kind).values():
+                names += [name for name in component.libraries if name not in names]
+    except ModelForgeError:  # versions are a report: plugins that cannot load add none
+        pass
+    return package_versions(names)
 
 
 def system_memory() -> tuple[float | None, float | None]:
@@ -342,7 +384,7 @@ def detect_accelerators() -> tuple[Accelerator, ...]:
             props = torch.cuda.get_device_properties(index)
             found.append(Accelerator(
                 "cuda", index, props.name, round(props.total_memory / GIB, 2),
-                bf16=props.major >= 8, fp16=True, compute_capability=f"{props.major}.{props.minor}"))
+                bf16=bf16_from_capability(props.major), fp16=True, compute_capability=f"{props.major}.{props.minor}"))
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         memory = None
         if hasattr(torch, "mps") and hasattr(torch.mps, "recommended_max_memory"):
@@ -390,6 +432,5 @@ def detect_machine() -> Machine:
         cpu_count=os.cpu_count() or 1,
         target=target,
         bitsandbytes=bitsandbytes_status(target.device),
-        unsloth_installed=importlib.util.find_spec("unsloth") is not None,
         versions=library_versions(),
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .api import LoadedModel, LoadRequest, Provider, Task
+from .api import LoadedModel, LoadRequest, Provider, Task, task_load_fields
 from .errors import ModelForgeError, RunError
 from .plugins import Plugins, get_plugins
 from .runs import ADAPTER_DIR, MANIFEST_FILE, RunDir
@@ -30,7 +30,7 @@ def run_head(run: RunDir, task: Task, config: dict[str, Any]) -> str:
     try:
         return str(run.read_json(MANIFEST_FILE)["head"])
     except (FileNotFoundError, KeyError, TypeError, RunError):
-        from .orchestrate import read_model_config
+        from .modelconfig import read_model_config
 
         return task.choose_head(config, read_model_config(config["model_name"]))
 
@@ -87,7 +87,8 @@ def load_trained(run_dir: Path, *, plugins: Plugins | None = None, adapter: str 
     quiet_libraries()
     loaded = load_run_model(run, provider, LoadRequest(
         model_name=config["model_name"], head=head, config=config, new_adapter=False,
-        adapter_path=adapter_path if with_adapter else None, for_training=False))
+        adapter_path=adapter_path if with_adapter else None, for_training=False,
+        **task_load_fields(task, config, head)))
     # Same 4-bit layout as during training: the metrics compare across CPUs and with the run's.
     keep_4bit_trainable(loaded.model)
     return TrainedRun(run, config, task, provider, head, loaded)

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import EnvironmentProblem, ModelForgeError, RunError, UsageError
 
 if TYPE_CHECKING:
-    from .api import LoadedModel
+    from .api import LoadedModel, Provider
+    from .plugins import Plugins
     from .runs import RunDir
     from .training import StopFlag
 
@@ -44,12 +45,6 @@ if TYPE_CHECKING:
 #: hash of its trainable weights (``<adapter name> <sha256>`` lines). Equal hashes prove the
 #: processes ended with the same adapter; the tests use it.
 RANK_HASHES_ENV = "MODELFORGE_DEBUG_RANK_HASHES"
-
-#: Providers that cannot train in several processes, and why.
-SINGLE_PROCESS_PROVIDERS: Mapping[str, str] = {
-    "unsloth": "unsloth trains in a single process only (it does not support multi-GPU data parallel "
-               "training under accelerate/torchrun)",
-}
 
 #: Sharding modes that split the base weights across processes.
 SHARDED = ("fsdp", "zero3")
@@ -70,27 +65,49 @@ def describe_batch(config: Mapping[str, Any], processes: int) -> str:
             f"× {processes} process{'es' if processes != 1 else ''})")
 
 
-def scaling_problem(config: Mapping[str, Any], *, processes: int, sharding: str | None = None) -> str | None:
+def _providers(plugins: Plugins | None) -> Mapping[str, Provider]:
+    from .plugins import get_plugins
+
+    return (plugins or get_plugins()).registry.providers
+
+
+def scaling_problem(config: Mapping[str, Any], *, processes: int, sharding: str | None = None,
+                    plugins: Plugins | None = None) -> str | None:
     """One sentence saying why ``config`` cannot run on ``processes`` processes with
-    ``sharding`` (``"fsdp"``, ``"zero3"`` or ``None``), or ``None`` when it can."""
-    provider = str(config.get("provider", ""))
-    if processes > 1 and provider in SINGLE_PROCESS_PROVIDERS:
-        return (f"provider {provider} cannot run on {processes} processes: {SINGLE_PROCESS_PROVIDERS[provider]}; "
-                "train in one process (no --launcher, or --num-processes 1), or set provider to huggingface")
+    ``sharding`` (``"fsdp"``, ``"zero3"`` or ``None``), or ``None`` when it can.
+
+    The provider says whether it can (:attr:`Provider.multi_process`,
+    :attr:`Provider.shards_quantized`); a provider not installed here is not judged.
+    """
+    name = str(config.get("provider", ""))
     quantized = "use_4bit" if config.get("use_4bit") else "use_8bit" if config.get("use_8bit") else None
-    if sharding in SHARDED and quantized and provider == "huggingface":
+    if processes <= 1 and not (sharding in SHARDED and quantized):
+        return None
+    providers = _providers(plugins)
+    provider = providers.get(name)
+    if provider is None:
+        return None
+    if processes > 1 and not provider.multi_process:
+        others = sorted(other.name for other in providers.values() if other.multi_process)
+        fix = "train in one process (no --launcher, or --num-processes 1)"
+        if others:
+            fix += f", or set provider to {' or '.join(others)}"
+        reason = provider.single_process_reason or f"the {name} provider trains in a single process only"
+        return f"provider {name} cannot run on {processes} processes: {reason}; {fix}"
+    if sharding in SHARDED and quantized and not provider.shards_quantized:
         mode = "FSDP" if sharding == "fsdp" else "DeepSpeed ZeRO-3"
         why = ("sharding a 4-bit bitsandbytes base needs its weights stored in the compute dtype "
-               "(bnb_4bit_quant_storage), which the huggingface provider does not set"
+               f"(bnb_4bit_quant_storage), which the {name} provider does not set"
                if quantized == "use_4bit" else "8-bit bitsandbytes weights cannot be sharded")
         return (f"{quantized} cannot be combined with {mode}: {why}; use data parallel "
                 f"(examples/accelerate/multi-gpu.yaml) or ZeRO-2, or set {quantized} to false")
     return None
 
 
-def check_scaling(config: Mapping[str, Any], *, processes: int, sharding: str | None = None) -> None:
+def check_scaling(config: Mapping[str, Any], *, processes: int, sharding: str | None = None,
+                  plugins: Plugins | None = None) -> None:
     """Raise :class:`EnvironmentProblem` with :func:`scaling_problem`'s sentence, if any."""
-    problem = scaling_problem(config, processes=processes, sharding=sharding)
+    problem = scaling_problem(config, processes=processes, sharding=sharding, plugins=plugins)
     if problem:
         raise EnvironmentProblem(problem)
 
@@ -221,7 +238,7 @@ def check_launch(config: Mapping[str, Any], *, num_processes: int | None, accele
     from .data import check_dataset
 
     processes, sharding, distributed = plan_from_accelerate_config(accelerate_config, num_processes)
-    check_scaling(config, processes=processes, sharding=sharding)
+    check_scaling(config, processes=processes, sharding=sharding, plugins=plugins)
     if distributed == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
         raise EnvironmentProblem(
             f"{accelerate_config} asks for DeepSpeed, which is not installed in this Python environment: "

@@ -3,7 +3,6 @@ before anything heavy loads, a seeded split, the run folder, the strategy, metri
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random
@@ -15,18 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob
+from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob, task_load_fields
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
 from .errors import ModelForgeError, Problem, RunError, ValidationFailed, shorten
+from .hardware import library_versions
+from .modelconfig import read_model_config
 from .plugins import Plugins, get_plugins
 from .quantization import four_bit_guard_callback, keep_4bit_trainable, quiet_kernel_notice
 from .runlock import RunLock, claim_new_run, lock_run
 from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
 from .schema import schema_version
 from .training import Display, Interrupted, StopFlag, catch_interruptions, make_run_callback
-
-LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "unsloth")
 
 
 @dataclass
@@ -55,16 +54,6 @@ def split_rows(rows: Sequence[Mapping[str, Any]], eval_split: float, seed: int,
     return sorted(indices[n_eval:]), sorted(indices[:n_eval])
 
 
-def read_model_config(model_name: str) -> dict[str, Any] | None:
-    path = Path(model_name) / "config.json"
-    if path.is_file():
-        try:
-            return dict(json.loads(path.read_text("utf-8")))
-        except (OSError, ValueError):
-            return None
-    return None
-
-
 def set_offline_environment(model_name: str) -> None:
     """No telemetry ever; fully offline when the model is a local folder."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -73,12 +62,6 @@ def set_offline_environment(model_name: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
-
-
-def library_versions() -> dict[str, str | None]:
-    from .runs import package_versions
-
-    return package_versions(LIBRARIES)
 
 
 def build_manifest(config: Mapping[str, Any], plugins: Plugins, data: Dataset, hardware: Any,
@@ -94,7 +77,7 @@ def build_manifest(config: Mapping[str, Any], plugins: Plugins, data: Dataset, h
         "schema_version": schema_version(),
         "components": components,
         "head": head,
-        "libraries": library_versions(),
+        "libraries": library_versions(plugins),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hardware": {"device": hardware.device, "name": hardware.name, "bf16": hardware.bf16,
@@ -166,7 +149,7 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
     from .launch import check_scaling, sharding_from_environment
     from .readiness import require_runnable
 
-    check_scaling(config, processes=_process_count(), sharding=sharding_from_environment())
+    check_scaling(config, processes=_process_count(), sharding=sharding_from_environment(), plugins=plugins)
     require_runnable(config, plugins)
     registry = plugins.registry
     task = registry.tasks[config["task"]]
@@ -179,11 +162,11 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
     from .training import check_precision, detect_hardware
 
     hardware = detect_hardware()
-    check_precision(config, hardware)
+    check_precision(config, hardware, plugins)
     if not force:
         from .plan import check_fits
 
-        display.message(check_fits(config, hardware).headline())
+        display.message(check_fits(config, hardware, plugins=plugins).headline())
     if _process_count() > 1:
         from .launch import start_process_group
 
@@ -252,8 +235,9 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         from transformers import set_seed
 
         set_seed(config["seed"])
-        request = LoadRequest(model_name=kwargs.pop("model_name", config["model_name"]), head=head,
-                              config=config.data, **kwargs)
+        fields = {**task_load_fields(task, config.data, head), **kwargs}
+        request = LoadRequest(model_name=fields.pop("model_name", config["model_name"]), head=head,
+                              config=config.data, **fields)
         loaded = provider.load(request)
         # Every provider's model, every strategy: no 4-bit layer in an inference-only layout.
         keep_4bit_trainable(loaded.model)

@@ -28,18 +28,19 @@ machine (through :mod:`modelforge_core.hardware`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import EnvironmentProblem
 from .hardware import GIB, MemoryTarget, auto_precision, config_precision, memory_target, precision_is_automatic
+from .modelconfig import find_model_config
 
 if TYPE_CHECKING:
+    from .api import Provider, Strategy, Task
     from .plugins import Plugins
 
 # --- the model's shape ---------------------------------------------------------------------
@@ -317,52 +318,6 @@ def _bart(cfg: Mapping[str, Any], model_type: str) -> Architecture:
                         bool(cfg.get("tie_word_embeddings", True)), positions, learned_positions=True)
 
 
-# --- finding config.json -------------------------------------------------------------------
-
-def _hub_cache_dirs() -> list[Path]:
-    dirs = []
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            dirs.append(Path(os.environ[var]))
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
-    dirs.append(Path(home) / "hub")
-    return dirs
-
-
-def find_model_config(model_name: str) -> tuple[dict[str, Any], str] | None:
-    """The ``config.json`` of ``model_name`` and where it was found, without any download.
-
-    Looks in a local model folder, then in the Hugging Face cache, then among the shapes of the
-    models the profiles recommend (``profiles/model_shapes.json``). ``None`` when none has it.
-    """
-    folder = Path(model_name).expanduser()
-    candidates = [folder / "config.json"]
-    if "/" in model_name and not folder.exists():
-        repo = "models--" + model_name.replace("/", "--")
-        for root in _hub_cache_dirs():
-            snapshots = root / repo / "snapshots"
-            ref = root / repo / "refs" / "main"
-            if ref.is_file():
-                candidates.append(snapshots / ref.read_text("utf-8").strip() / "config.json")
-            if snapshots.is_dir():
-                candidates.extend(sorted(snapshots.glob("*/config.json")))
-    for path in candidates:
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text("utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict):
-                return data, str(path)
-    from .profiles import known_model_shapes
-
-    for name, shape in known_model_shapes().items():
-        if name.casefold() == model_name.casefold():
-            return dict(shape), f"the known shape of {name} (modelforge_core/profiles/model_shapes.json)"
-    return None
-
-
 # --- the estimate --------------------------------------------------------------------------
 
 #: Memory the runtime takes besides the tensors: the CUDA context and workspaces on a GPU, the
@@ -372,8 +327,6 @@ RUNTIME_OVERHEAD_GB = {"cuda": 0.75, "mps": 1.0, "cpu": 1.5}
 FRAGMENTATION = 0.05
 #: Optimizer state in bytes per trainable parameter.
 OPTIMIZER_BYTES = {"adamw_torch": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2, "sgd": 0}
-#: Strategies whose TRL trainer computes the causal LM loss in tiles (fused LM head).
-FUSED_LOSS_STRATEGIES = frozenset({"sft", "qlora", "dpo"})
 #: The shortest max_seq_length the advice suggests.
 SHORTEST_SEQUENCE = 256
 
@@ -395,6 +348,11 @@ class Settings:
     lora_targets: Any
     lora_dropout: float
     optimizer: str
+    #: From the strategy (:attr:`Strategy.sequences_per_example`, :attr:`Strategy.fused_loss`).
+    sequences_per_example: int = 1
+    fused_loss: bool = False
+    #: From the provider (:attr:`Provider.kbit_upcasts_to_fp32`).
+    kbit_upcast: bool = True
 
 
 @dataclass(frozen=True)
@@ -440,7 +398,7 @@ def _quantized_bytes(arch: Architecture, settings: Settings) -> float:
 def _element_size(settings: Settings) -> int:
     """Bytes of an activation: fp32 on a k-bit base (peft casts the embeddings and norms up, so
     the residual stream is fp32) and in fp32 training, else 2."""
-    if settings.quantization and settings.provider == "huggingface":
+    if settings.quantization and settings.kbit_upcast:
         return 4
     return 2 if settings.precision in ("bf16", "fp16") else 4
 
@@ -469,11 +427,11 @@ def _scores_bytes(block: Block, settings: Settings, size: int) -> float:
 def estimate(arch: Architecture, settings: Settings, device: str) -> Estimate:
     """The memory a training step needs at its peak, part by part."""
     size = _element_size(settings)
-    tokens = settings.batch * settings.sequence * (2 if settings.strategy == "dpo" else 1)
-    sequences = settings.batch * (2 if settings.strategy == "dpo" else 1)
+    tokens = settings.batch * settings.sequence * settings.sequences_per_example
+    sequences = settings.batch * settings.sequences_per_example
     # Weights.
     other = arch.parameters(settings.head) - arch.linear_parameters
-    if settings.quantization and settings.provider == "huggingface":
+    if settings.quantization and settings.kbit_upcast:
         other_bytes = 4  # prepare_model_for_kbit_training casts every unquantized parameter to fp32
     else:
         other_bytes = 2 if settings.precision in ("bf16", "fp16") or settings.quantization else 4
@@ -495,7 +453,7 @@ def estimate(arch: Architecture, settings: Settings, device: str) -> Estimate:
     activations += tokens * arch.hidden * (size + 4)  # embedding output, final norm
     # Logits.
     if settings.head in ("causal-lm", "seq2seq-lm"):
-        if settings.head == "causal-lm" and settings.strategy in FUSED_LOSS_STRATEGIES:
+        if settings.head == "causal-lm" and settings.fused_loss:
             logits = min(tokens, 4096) * min(arch.vocab, 32768) * 2 + tokens * 32  # one tile, per-token outputs
         else:
             logits = tokens * arch.vocab * (size + 10 if size == 2 else 12)
@@ -587,23 +545,45 @@ class Plan:
         }
 
 
-def choose_head(config: Mapping[str, Any], arch: Architecture, model_config: Mapping[str, Any],
-                plugins: Plugins | None = None) -> str:
-    """The head the task would load: asked from the task plugin, else by the model's family."""
+@dataclass(frozen=True)
+class Components:
+    """The config's task, strategy and provider, each ``None`` when not installed here."""
+
+    task: Task | None = None
+    strategy: Strategy | None = None
+    provider: Provider | None = None
+
+
+def components_of(config: Mapping[str, Any], plugins: Plugins | None = None) -> Components:
+    """The installed components the config names; the plan asks them what it needs to know."""
     try:
         from .plugins import get_plugins
 
-        task = (plugins or get_plugins()).registry.tasks[config["task"]]
-        return str(task.choose_head(config, model_config))
-    except Exception:  # no such task or no plugins here: fall back on the model's family
-        return {"decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}.get(arch.family, "question-answering")
+        registry = (plugins or get_plugins()).registry
+    except Exception:  # plugins cannot load here: plan with the defaults of the API
+        return Components()
+    return Components(registry.tasks.get(str(config.get("task"))),
+                      registry.strategies.get(str(config.get("strategy"))),
+                      registry.providers.get(str(config.get("provider"))))
 
 
-def sequence_length(config: Mapping[str, Any], arch: Architecture, head: str) -> tuple[int, str | None]:
+def choose_head(config: Mapping[str, Any], arch: Architecture, model_config: Mapping[str, Any],
+                plugins: Plugins | None = None, *, task: Task | None = None) -> str:
+    """The head the task would load: asked from the task plugin, else by the model's family."""
+    task = task or components_of(config, plugins).task
+    with contextlib.suppress(Exception):  # a plugin's failure must not stop a plan
+        if task is not None:
+            return str(task.choose_head(config, model_config))
+    return {"decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}.get(arch.family, "question-answering")
+
+
+def sequence_length(config: Mapping[str, Any], arch: Architecture, head: str,
+                    task: Task | None = None) -> tuple[int, str | None]:
     """``max_seq_length``, or an estimate from the dataset's longest line when it is null.
 
-    A null ``max_seq_length`` makes the trainer use the longest example (capped by the model);
-    a JSONL line's characters / 3 over-counts its tokens a little, which suits a plan.
+    A null ``max_seq_length`` makes the trainer use the longest example (capped by the model),
+    unless the task declares a :attr:`Task.default_sequence_length` (fixed windows); a JSONL
+    line's characters / 3 over-counts its tokens a little, which suits a plan.
     """
     cap = int(arch.max_positions or 4096)
     if config.get("max_seq_length"):
@@ -611,8 +591,9 @@ def sequence_length(config: Mapping[str, Any], arch: Architecture, head: str) ->
         if arch.learned_positions and wanted > cap:
             return cap, f"max_seq_length {wanted} exceeds {arch.model_type}'s {cap} positions: planned with {cap}"
         return wanted, None
-    if head == "question-answering":
-        return min(384, cap), "max_seq_length is null: planned with the 384-token windows the QA task uses"
+    if task is not None and task.default_sequence_length:
+        length = min(int(task.default_sequence_length), cap)
+        return length, f"max_seq_length is null: planned with the {length}-token windows the {task.name} task uses"
     longest = 0
     dataset = config.get("dataset")
     try:
@@ -628,24 +609,32 @@ def sequence_length(config: Mapping[str, Any], arch: Architecture, head: str) ->
 
 
 def settings_for(config: Mapping[str, Any], arch: Architecture, head: str,
-                 target: MemoryTarget | None) -> tuple[Settings, list[str]]:
-    """The memory-relevant settings of ``config``; precision resolved for ``target`` when automatic."""
+                 target: MemoryTarget | None, components: Components | None = None) -> tuple[Settings, list[str]]:
+    """The memory-relevant settings of ``config``; precision resolved for ``target`` when automatic.
+
+    What depends on a component is asked from it (``components``; the API's defaults for one
+    that is not installed).
+    """
+    parts = components or Components()
     notes = []
     precision = config_precision(config)
     if precision_is_automatic(config) and target is not None:
         precision = auto_precision(target.device, target.bf16)
         notes.append(f"precision: the profile's \"auto\" gives {precision} on {target.device}")
-    sequence, note = sequence_length(config, arch, head)
+    sequence, note = sequence_length(config, arch, head, parts.task)
     if note:
         notes.append(note)
     quant = "4bit" if config.get("use_4bit") else "8bit" if config.get("use_8bit") else None
     return Settings(
         head=head, precision=precision, quantization=quant, nested_quant=bool(config.get("use_nested_quant")),
-        provider=str(config.get("provider", "huggingface")), strategy=str(config.get("strategy", "sft")),
+        provider=str(config.get("provider", "")), strategy=str(config.get("strategy", "")),
         batch=int(config.get("per_device_train_batch_size", 1)), sequence=sequence,
         gradient_checkpointing=bool(config.get("gradient_checkpointing")), lora_r=int(config.get("lora_r", 16)),
         lora_targets=config.get("lora_target_modules", "all-linear"),
         lora_dropout=float(config.get("lora_dropout", 0.0)), optimizer=str(config.get("optim", "adamw_torch")),
+        sequences_per_example=max(1, int(parts.strategy.sequences_per_example)) if parts.strategy else 1,
+        fused_loss=bool(parts.strategy and parts.strategy.fused_loss),
+        kbit_upcast=bool(parts.provider.kbit_upcasts_to_fp32) if parts.provider else True,
     ), notes
 
 
@@ -713,15 +702,13 @@ def make_plan(config: Mapping[str, Any], target: MemoryTarget | None, *,
     except UnknownArchitecture as exc:
         plan.notes.append(f"the shape of {model} cannot be read ({exc}): the memory cannot be planned")
         return plan
-    head = choose_head(config, arch, found[0], plugins)
-    settings, notes = settings_for(config, arch, head, target)
+    components = components_of(config, plugins)
+    head = choose_head(config, arch, found[0], plugins, task=components.task)
+    settings, notes = settings_for(config, arch, head, target, components)
     plan.notes.extend(notes)
-    if settings.provider == "unsloth":
-        plan.notes.append("unsloth's own kernels and checkpointing usually need less than this estimate, "
-                          "which follows the huggingface provider")
-    if settings.strategy == "rlhf":
-        plan.notes.append("rlhf: the estimate covers a training step of the policy; generating its samples "
-                          "needs a little more")
+    for component in (components.task, components.strategy, components.provider):
+        if component is not None and component.memory_note:
+            plan.notes.append(component.memory_note)
     device = target.device if target else "cuda"
     result = estimate(arch, settings, device)
     plan.architecture = {
@@ -730,7 +717,7 @@ def make_plan(config: Mapping[str, Any], target: MemoryTarget | None, *,
         "vocab_size": arch.vocab, "tied_embeddings": arch.tied_embeddings,
     }
     plan.settings = {**asdict(settings), "lora_parameters": result.lora_parameters,
-                     "fused_loss": settings.head == "causal-lm" and settings.strategy in FUSED_LOSS_STRATEGIES}
+                     "fused_loss": settings.head == "causal-lm" and settings.fused_loss}
     plan.parts_gb = {name: round(value / GIB, 3) for name, value in (
         ("weights", result.weights), ("lora", result.lora), ("activations", result.activations),
         ("logits", result.logits), ("overhead", result.overhead))}

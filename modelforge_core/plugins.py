@@ -20,6 +20,10 @@ import pluggy
 from . import hookspecs
 from .api import Component, Provider, RunInfo, Strategy, Task
 from .errors import PluginError
+from .schema import (
+    canonical_schema,
+    compatible,  # noqa: F401 - re-exported: it moved to schema.py (no import circle)
+)
 
 if TYPE_CHECKING:
     import click
@@ -171,8 +175,6 @@ class Hooks:
 
     def register_components(self) -> Registry:
         """Run the three registration hooks and return the registry they filled."""
-        from .schema import canonical_schema
-
         registry = Registry()
         self._register_into("register_tasks", registry, Task)
         self._register_into("register_strategies", registry, Strategy)
@@ -244,7 +246,8 @@ def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool
                  environ: Mapping[str, str] | None = None) -> Plugins:
     """Build the plugin manager, load the plugins and collect their components.
 
-    :param extra: ``(name, plugin)`` pairs registered directly (tests, embedding).
+    :param extra: ``(name, plugin)`` pairs registered directly (tests, embedding). A pair whose
+        plugin an installed entry point of the same name already loaded is registered once.
     :param entry_points: load the plugins installed under the ``modelforge`` group.
     :param environ: where to read ``MODELFORGE_LOAD_PLUGINS``/``MODELFORGE_DISABLE_PLUGINS``.
     """
@@ -281,6 +284,8 @@ def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool
             infos[ep.name] = info
     for name, plugin in extra:
         info = PluginInfo(name, "(registered directly)", "")
+        if pm.get_plugin(name) is plugin:
+            continue  # the same plugin is installed too (its entry point loaded this very module)
         if pm.get_plugin(name) is not None:
             raise PluginError(f"{info.label()}: the name {name!r} is already taken by {infos[name].label()}")
         _register(pm, plugin, info)
@@ -333,23 +338,17 @@ def set_plugins(plugins: Plugins | None) -> None:
         _current["plugins"] = plugins
 
 
-def compatible(registry: Registry, task: str, strategy: str, provider: str) -> list[str]:
-    """Reasons why the triple cannot work together, from the declared capabilities."""
-    reasons = []
-    t, s, p = registry.tasks.get(task), registry.strategies.get(strategy), registry.providers.get(provider)
-    if t and s:
-        if s.tasks is not None and task not in s.tasks:
-            reasons.append(f"strategy {strategy!r} does not support task {task!r}")
-        elif s.data_shape not in t.data_shapes:
-            reasons.append(
-                f"strategy {strategy!r} trains on {s.data_shape} data, which task {task!r} does not have"
-            )
-    if t and p:
-        if p.tasks is not None and task not in p.tasks:
-            reasons.append(f"provider {provider!r} does not support task {task!r}")
-        elif not set(t.heads) & p.heads:
-            reasons.append(f"provider {provider!r} cannot load a head that task {task!r} needs")
-    if s and p and p.strategies is not None and strategy not in p.strategies:
-        reasons.append(f"provider {provider!r} does not support strategy {strategy!r}")
-    return reasons
-
+def plugins_report(loaded: Plugins) -> dict[str, Any]:
+    """What ``modelforge plugins --json`` prints and the server's ``/plugins`` answers: each
+    plugin with its hooks and components, and the skipped ones."""
+    rows: list[dict[str, Any]] = []
+    for name, info in sorted(loaded.infos.items()):
+        components = [
+            {"kind": c.kind, "name": c.name, "description": c.description, "capabilities": c.capabilities(),
+             "options": sorted((c.options_schema or {}).get("properties", {}))}
+            for c in loaded.registry.components() if loaded.registry.owner_of(c).name == name
+        ]
+        rows.append({"name": name, "distribution": info.distribution, "version": info.version,
+                     "hooks": loaded.hook_names(name), "components": components})
+    skipped = [{"name": s.name, "distribution": s.distribution, "reason": s.reason} for s in loaded.skipped]
+    return {"plugins": rows, "skipped": skipped}

@@ -1,7 +1,7 @@
 """``compute_specs`` profiles: the values each hardware profile fills in, read from data files.
 
 A profile only fills fields the user left unset, and never a value that would contradict the
-user's own choices (a 16-bit base under ``strategy: qlora``, 4-bit when the user asked for 8-bit).
+user's own choices (a 16-bit base under a strategy that needs 4-bit, 4-bit when the user asked for 8-bit).
 
 Precision is the one setting a profile cannot know when the config is resolved (that may be on
 another machine than the training): a profile says ``"precision": "auto"``, and the training
@@ -52,10 +52,13 @@ def known_model_shapes() -> dict[str, dict[str, Any]]:
     return {name: dict(shape) for name, shape in shapes.items()}
 
 
-def profile_values(name: str, user: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings profile ``name`` contributes to a config whose user values are ``user``."""
+def profile_values(name: str, user: Mapping[str, Any], *, needs_4bit: bool = False) -> dict[str, Any]:
+    """The settings profile ``name`` contributes to a config whose user values are ``user``.
+
+    ``needs_4bit``: the config's strategy trains only on a 4-bit base (:attr:`Strategy.needs_4bit`).
+    """
     settings = dict(load_profile(name)["settings"])
-    wants_4bit = user.get("strategy") == "qlora" or any(key in user for key in FOUR_BIT_SETTINGS)
+    wants_4bit = needs_4bit or any(key in user for key in FOUR_BIT_SETTINGS)
     if wants_4bit or user.get("use_8bit") is True:
         settings.pop("use_4bit", None)
     if user.get("use_4bit") is False or user.get("use_8bit") is True:

@@ -41,10 +41,29 @@ def _allowed(registry: Registry, kind: str) -> list[str]:
     return list(registry.of_kind(kind))
 
 
+def compatible(registry: Registry, task: str, strategy: str, provider: str) -> list[str]:
+    """Reasons why the triple cannot work together, from the declared capabilities."""
+    reasons = []
+    t, s, p = registry.tasks.get(task), registry.strategies.get(strategy), registry.providers.get(provider)
+    if t and s:
+        if s.tasks is not None and task not in s.tasks:
+            reasons.append(f"strategy {strategy!r} does not support task {task!r}")
+        elif s.data_shape not in t.data_shapes:
+            reasons.append(
+                f"strategy {strategy!r} trains on {s.data_shape} data, which task {task!r} does not have"
+            )
+    if t and p:
+        if p.tasks is not None and task not in p.tasks:
+            reasons.append(f"provider {provider!r} does not support task {task!r}")
+        elif not set(t.heads) & p.heads:
+            reasons.append(f"provider {provider!r} cannot load a head that task {task!r} needs")
+    if s and p and p.strategies is not None and strategy not in p.strategies:
+        reasons.append(f"provider {provider!r} does not support strategy {strategy!r}")
+    return reasons
+
+
 def compatibility_rules(registry: Registry) -> list[dict[str, Any]]:
     """``if``/``then`` rules derived from the declared capabilities of the registry."""
-    from .plugins import compatible
-
     rules: list[dict[str, Any]] = []
     tasks, strategies, providers = (sorted(registry.of_kind(k)) for k in ("task", "strategy", "provider"))
     for task in tasks:
@@ -178,6 +197,10 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
         installed = _allowed(registry, kind)
         # Names the canonical schema accepts stay valid where their plugin is missing.
         props[field]["enum"] = list(canonical_order) + sorted(n for n in installed if n not in canonical_order)
+        added = [registry.of_kind(kind)[n] for n in props[field]["enum"] if n not in canonical_order]
+        if added:  # the description names what plugins add, as it names the built-ins
+            props[field]["description"] += " Installed plugins add: " + "; ".join(
+                f"{c.name} ({c.description.rstrip('.') or 'no description'})" for c in added) + "."
     rules = [r for r in schema["allOf"] if r.get("$comment") != "compatibility"]
     rules.extend(rules_with_missing_builtins(compatibility_rules(registry), registry))
     for component in registry.components():

@@ -24,7 +24,7 @@ from .api import LoadedModel, RunInfo, TrainingJob, TrainResult
 from .errors import EnvironmentProblem, ModelForgeError
 
 if TYPE_CHECKING:
-    from .plugins import Hooks
+    from .plugins import Hooks, Plugins
     from .runs import RunDir
 
 #: Where each training field of the config goes in ``transformers.TrainingArguments``
@@ -70,8 +70,8 @@ FIELDS_USED_ELSEWHERE: Mapping[str, str] = {
     "bnb_4bit_compute_dtype": "provider: BitsAndBytesConfig.bnb_4bit_compute_dtype",
     "bnb_4bit_quant_type": "provider: BitsAndBytesConfig.bnb_4bit_quant_type",
     "use_nested_quant": "provider: BitsAndBytesConfig.bnb_4bit_use_double_quant",
-    "packing": "sft: SFTConfig.packing",
-    "max_seq_length": "sft: SFTConfig.max_length (and the provider for unsloth)",
+    "packing": "strategy: SFTConfig.packing (TRL's supervised trainer)",
+    "max_seq_length": "strategy: SFTConfig.max_length (and the provider, for providers that load with it)",
     "eval_split": "core: the seeded train/eval split",
     "output_dir": "core: the run folder",
     "trust_remote_code": "provider: from_pretrained(trust_remote_code=...)",
@@ -102,13 +102,15 @@ def detect_hardware() -> Hardware:
     import torch
 
     if torch.cuda.is_available():
-        return Hardware("cuda", torch.cuda.get_device_name(0), torch.cuda.is_bf16_supported(), True)
+        from .hardware import cuda_bf16_native
+
+        return Hardware("cuda", torch.cuda.get_device_name(0), cuda_bf16_native(), True)
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return Hardware("mps", "Apple MPS", True, True)
     return Hardware("cpu", "CPU", True, False)
 
 
-def check_precision(config: Mapping[str, Any], hardware: Hardware) -> None:
+def check_precision(config: Mapping[str, Any], hardware: Hardware, plugins: Plugins | None = None) -> None:
     """Refuse what the hardware cannot run, one sentence each: fp16/bf16 without support,
     4-bit/8-bit where bitsandbytes cannot run, unsloth on Apple MPS.
 
@@ -116,13 +118,14 @@ def check_precision(config: Mapping[str, Any], hardware: Hardware) -> None:
     and the user set neither fp16 nor bf16), choose it for this hardware: a resolved config is
     updated in place, with the profile as the source (see ``hardware.apply_auto_precision``).
     """
-    from .hardware import apply_auto_precision, bitsandbytes_status, cuda_bf16_native, precision_problems
+    from .hardware import apply_auto_precision, bitsandbytes_status, precision_problems
 
-    bf16 = hardware.bf16 and (hardware.device != "cuda" or cuda_bf16_native())
+    bf16 = hardware.bf16  # detect_hardware applies the one rule (hardware.cuda_bf16_native)
     apply_auto_precision(config, hardware.device, bf16)
     quantized = config.get("use_4bit") or config.get("use_8bit")
     problems = precision_problems(config, device=hardware.device, device_name=hardware.name, fp16=hardware.fp16,
-                                  bf16=bf16, bitsandbytes=bitsandbytes_status(hardware.device) if quantized else None)
+                                  bf16=bf16, bitsandbytes=bitsandbytes_status(hardware.device) if quantized else None,
+                                  plugins=plugins)
     if problems:
         raise EnvironmentProblem("\n".join(problems))
 

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from modelforge_core.plugins import DISABLE_ENV, LOAD_ENV, Plugins, load_plugins, set_plugins
+from modelforge_core.plugins import (
+    BUILTIN_DISTRIBUTIONS,
+    DISABLE_ENV,
+    LOAD_ENV,
+    Plugins,
+    load_plugins,
+    set_plugins,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def builtin_plugins() -> Plugins:
     """The nine built-ins, found through their entry points, ignoring the caller's
-    MODELFORGE_LOAD_PLUGINS / MODELFORGE_DISABLE_PLUGINS."""
-    return load_plugins(environ={})
+    MODELFORGE_LOAD_PLUGINS / MODELFORGE_DISABLE_PLUGINS and any third-party plugin installed
+    beside them (the core's tests hold with one installed)."""
+    return load_plugins(environ={LOAD_ENV: ",".join(sorted(set(BUILTIN_DISTRIBUTIONS.values())))})
 
 
 @pytest.fixture

@@ -321,13 +321,17 @@ def test_load_plugins_allowlist() -> None:
     plugins = load_plugins(environ={LOAD_ENV: "strategy-sft, modelforge-task-text-generation,provider_huggingface"})
     assert set(plugins.infos) == {"strategy-sft", "task-text-generation", "provider-huggingface"}
     assert {s.reason for s in plugins.skipped} == {f"not listed in {LOAD_ENV}"}
-    assert len(plugins.skipped) == 6
+    # The six other built-ins, and any third-party plugin installed beside them.
+    assert len(plugins.skipped) == len(metadata.entry_points(group=ENTRY_POINT_GROUP)) - 3
+    assert {s.distribution for s in plugins.skipped} >= set(BUILTIN_DISTRIBUTIONS.values()) - {
+        "modelforge-strategy-sft", "modelforge-task-text-generation", "modelforge-provider-huggingface"}
 
 
 def test_empty_allowlist_loads_no_entry_points() -> None:
     plugins = load_plugins(environ={LOAD_ENV: ""})
     assert plugins.infos == {}
-    assert len(plugins.skipped) == 9
+    assert len(plugins.skipped) == len(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    assert {s.distribution for s in plugins.skipped} >= set(BUILTIN_DISTRIBUTIONS.values())
 
 
 def test_disable_blocklist() -> None:

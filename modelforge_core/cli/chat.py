@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .generate import generation_kwargs, generation_options, read_text, run_task
+from .generate import generation_kwargs, generation_options, read_text, run_task, task_of
 
 HELP_TEXT = "/reset starts a new conversation, /exit (or Ctrl-D) quits."
 
@@ -57,9 +57,9 @@ def chat(run_dir: Path, system: str | None, max_new_tokens: int | None, temperat
     /reset starts over, /exit or Ctrl-D quits, Ctrl-C cancels the answer being generated.
     """
     task = run_task(run_dir)
-    if task != "text-generation":
-        raise UsageError(f"{run_dir} is a run of the {task} task: chat needs a text-generation run; "
-                         "use `modelforge generate` for one input")
+    if not task_of(task).conversational:
+        raise UsageError(f"{run_dir} is a run of the {task} task, which takes no conversation: chat needs a run "
+                         "of a conversational task; use `modelforge generate` for one input")
     generation = generation_kwargs(max_new_tokens, temperature, top_p, repetition_penalty)
     conversation = Conversation(read_text(system, "--system") if system else None)
     from ..inference import load_trained

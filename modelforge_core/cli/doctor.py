@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,11 +14,29 @@ if TYPE_CHECKING:
     from ..quantization import FourBitTrainingCheck
 
 
+def provider_report(device: str) -> dict[str, dict[str, Any]]:
+    """Each installed provider: whether it can train on ``device`` here and, if not, why (its
+    :meth:`~modelforge_core.api.Component.check_environment` and :attr:`~modelforge_core.api.Provider.devices`)."""
+    from ..hardware import DEVICE_WORDS
+    from ..plugins import get_plugins
+
+    report: dict[str, dict[str, Any]] = {}
+    for name, provider in sorted(get_plugins().registry.providers.items()):
+        problem = provider.check_environment()
+        if problem is None and provider.devices is not None and device not in provider.devices:
+            where = provider.devices_description or ", ".join(sorted(provider.devices))
+            problem = f"it does not run on {DEVICE_WORDS.get(device, device)} (it runs on {where})"
+        report[name] = {"ready": problem is None, "problem": problem, "multi_process": provider.multi_process,
+                        "devices": None if provider.devices is None else sorted(provider.devices)}
+    return report
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object (for programs).")
 def doctor(as_json: bool) -> None:
-    """Report the GPUs (CUDA, Apple MPS) or CPU, memory, bf16/fp16 support, bitsandbytes and
-    unsloth, the ML library versions, and the compute_specs profile this machine suits, with why.
+    """Report the GPUs (CUDA, Apple MPS) or CPU, memory, bf16/fp16 support, bitsandbytes, whether
+    each installed provider can train here, the ML library versions, and the compute_specs profile
+    this machine suits, with why.
 
     MODELFORGE_ASSUME_MEMORY_GB=N replaces the training device's memory with N GiB.
     """
@@ -30,6 +48,7 @@ def doctor(as_json: bool) -> None:
     training = four_bit_training(machine)
     if training is not None:
         report["bitsandbytes"]["training"] = asdict(training)
+    report["providers"] = provider_report(machine.target.device)
     if as_json:
         dump_json(report)
         return
@@ -52,14 +71,16 @@ def doctor(as_json: bool) -> None:
         click.echo(f"assumed        {target.memory_gb:g} GiB for the {target.device} (MODELFORGE_ASSUME_MEMORY_GB)")
     bnb = machine.bitsandbytes
     if not bnb.installed:
-        click.echo("bitsandbytes   not installed: use_4bit/use_8bit and qlora cannot run")
+        click.echo("bitsandbytes   not installed: use_4bit/use_8bit cannot run")
     else:
         state = "4-bit runs" if bnb.runs else f"cannot run here ({bnb.reason})"
         click.echo(f"bitsandbytes   {bnb.version}, {state} on {bnb.device}")
     if training is not None:
         verdict = "works" if training.works else "FAILS"
         click.echo(f"4-bit training {verdict} on {training.device}: {training.reason}")
-    click.echo(f"unsloth        {'installed' if machine.unsloth_installed else 'not installed'}")
+    for name, state in report["providers"].items():
+        verdict = "can train here" if state["ready"] else f"cannot train here: {state['problem']}"
+        click.echo(f"provider       {name}: {verdict}")
     click.echo("libraries      " + ", ".join(f"{name} {version or '-'}" for name, version in machine.versions.items()))
     click.echo(f"precision      {report['precision']} for profiles that say \"auto\" (all the built-in ones)")
     rec = machine.recommendation

@@ -7,32 +7,23 @@ question answering. They are checked against the run's config before any model i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..errors import UsageError
 from .output import dump_json
 
+if TYPE_CHECKING:
+    from ..api import Task
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: What each built-in task reads from the command line: option name -> key of the input row.
-TASK_INPUTS: dict[str, dict[str, str]] = {
-    "text-generation": {"prompt": "input", "system": "system"},
-    "summarization": {"document": "document"},
-    "extractive-question-answering": {"context": "context", "question": "question"},
-}
-#: The options each task cannot do without.
-REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
-    "text-generation": ("prompt",),
-    "summarization": ("document",),
-    "extractive-question-answering": ("context", "question"),
-}
-#: Tasks that decode a span instead of generating text: generation options mean nothing there.
-SPAN_TASKS = frozenset({"extractive-question-answering"})
+#: The flags of their own that ``modelforge generate`` has; other inputs are ``--input NAME=TEXT``.
+NAMED_INPUTS = ("prompt", "system", "document", "context", "question")
 
 
 def generation_options(function: F) -> F:
@@ -94,6 +85,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _option(name: str) -> str:
+    """How the user gives input ``name``: its own flag, or ``--input NAME=``."""
+    return _flag(name) if name in NAMED_INPUTS else f"--input {name}="
+
+
 @dataclass
 class GenerateRequest:
     """The parsed command line of ``modelforge generate``."""
@@ -105,29 +101,48 @@ class GenerateRequest:
     compare_base: bool = False
 
 
-def parse_request(run_dir: Path, given: dict[str, str | None], generation: dict[str, Any],
-                  compare_base: bool) -> GenerateRequest:
-    """Check the options against the run's task; one usage error that says what to give."""
-    task = run_task(run_dir)
-    present = {key: value for key, value in given.items() if value is not None}
-    accepted = TASK_INPUTS.get(task)
-    if accepted is None:
-        # A third-party task: hand it what was given under the built-in names, let it judge.
-        names = {"prompt": "input", "system": "system", "document": "document", "context": "context",
-                 "question": "question"}
-        inputs = {names[key]: read_text(value, _flag(key)) for key, value in present.items()}
-        if not inputs:
-            raise UsageError(f"{run_dir} is {_article(task)} {task} run: give its input, for example --prompt TEXT")
-        return GenerateRequest(run_dir, task, inputs, generation, compare_base)
-    required = REQUIRED_INPUTS[task]
+def task_of(name: str) -> Task:
+    """The installed task ``name`` (its class attributes say what ``generate`` reads)."""
+    from ..plugins import get_plugins
+
+    task = get_plugins().registry.tasks.get(name)
+    if task is None:
+        raise UsageError(f"the run's task {name!r} is not installed here: install the plugin that provides it "
+                         "(`modelforge plugins` lists the installed ones)")
+    return task
+
+
+def parse_inputs(named: Mapping[str, str | None], pairs: Sequence[str]) -> dict[str, str]:
+    """The named flags that were given and the ``--input NAME=TEXT`` pairs, by option name."""
+    present = {key: value for key, value in named.items() if value is not None}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"--input {pair}: give NAME=TEXT, for example --input prompt=Hello")
+        if key in present:
+            raise UsageError(f"{_flag(key)} is given twice")
+        present[key] = value
+    return present
+
+
+def parse_request(run_dir: Path, given: Mapping[str, str | None], generation: dict[str, Any],
+                  compare_base: bool, pairs: Sequence[str] = (), *, task: Task | None = None) -> GenerateRequest:
+    """Check the options against what the run's task declares (:attr:`Task.generate_inputs`,
+    :attr:`Task.required_inputs`, :attr:`Task.span_answer`); one usage error that says what to give."""
+    name = run_task(run_dir)
+    component = task or task_of(name)
+    present = parse_inputs(given, pairs)
+    accepted = dict(component.generate_inputs)
+    required = tuple(accepted) if component.required_inputs is None else tuple(component.required_inputs)
     wrong = [key for key in present if key not in accepted]
     missing = [key for key in required if key not in present]
-    wrong_generation = sorted(generation) if task in SPAN_TASKS else []
+    wrong_generation = sorted(generation) if component.span_answer else []
     if wrong or missing or wrong_generation:
-        wanted = " ".join(f"{_flag(key)} TEXT" for key in required)
+        wanted = " ".join(f"{_option(key)} TEXT" for key in required)
         optional = [key for key in accepted if key not in required]
         if optional:
-            wanted += " [" + " ".join(f"{_flag(key)} TEXT" for key in optional) + "]"
+            wanted += " [" + " ".join(f"{_option(key)} TEXT" for key in optional) + "]"
         problems = []
         if wrong:
             problems.append(f"{', '.join(_flag(k) for k in wrong)} do{'es' if len(wrong) == 1 else ''} not apply")
@@ -135,9 +150,9 @@ def parse_request(run_dir: Path, given: dict[str, str | None], generation: dict[
             problems.append(f"{', '.join(_flag(k) for k in wrong_generation)} do not apply to a span answer")
         if missing:
             problems.append(f"{', '.join(_flag(k) for k in missing)} missing")
-        raise UsageError(f"{run_dir} is {_article(task)} {task} run ({'; '.join(problems)}): give {wanted}")
+        raise UsageError(f"{run_dir} is {_article(name)} {name} run ({'; '.join(problems)}): give {wanted.strip()}")
     inputs = {accepted[key]: read_text(value, _flag(key)) for key, value in present.items()}
-    return GenerateRequest(run_dir, task, inputs, generation, compare_base)
+    return GenerateRequest(run_dir, name, inputs, generation, compare_base)
 
 
 def execute(request: GenerateRequest) -> dict[str, Any]:
@@ -169,29 +184,32 @@ def base_answer(trained: Any, inputs: dict[str, Any], generation: dict[str, Any]
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prompt", help="Text generation: the user's message (or @FILE).")
 @click.option("--system", help="Text generation: a system message before the prompt (or @FILE).")
-@click.option("--document", help="Summarization: the document to summarize (or @FILE).")
+@click.option("--document", help="A document to summarize, for tasks that read one (or @FILE).")
 @click.option("--context", help="Question answering: the passage holding the answer (or @FILE).")
 @click.option("--question", help="Question answering: the question (or @FILE).")
+@click.option("--input", "pairs", multiple=True, metavar="NAME=TEXT",
+              help="Any input the run's task declares, by name (repeatable; TEXT may be @FILE).")
 @generation_options
 @click.option("--base", "compare_base", is_flag=True,
               help="Also answer with the base model (adapter off), to compare.")
 @click.option("--json", "as_json", is_flag=True, help="Print the inputs and answer(s) as JSON.")
 def generate(run_dir: Path, prompt: str | None, system: str | None, document: str | None, context: str | None,
-             question: str | None, max_new_tokens: int | None, temperature: float | None, top_p: float | None,
-             repetition_penalty: float | None, compare_base: bool, as_json: bool) -> None:
+             question: str | None, pairs: tuple[str, ...], max_new_tokens: int | None, temperature: float | None,
+             top_p: float | None, repetition_penalty: float | None, compare_base: bool, as_json: bool) -> None:
     """Answer one input with the run's trained adapter, formatted as in training.
 
     \b
     text generation:  modelforge generate RUN_DIR --prompt "What is ...?" [--system TEXT]
     summarization:    modelforge generate RUN_DIR --document @report.txt
     question answer:  modelforge generate RUN_DIR --context @page.txt --question "Who ...?"
+    any other task:   modelforge generate RUN_DIR --input NAME=TEXT (the names its task declares)
 
     TEXT starting with @ is read from that file. Decoding is greedy unless --temperature is set.
     """
     request = parse_request(
         run_dir, {"prompt": prompt, "system": system, "document": document, "context": context,
                   "question": question},
-        generation_kwargs(max_new_tokens, temperature, top_p, repetition_penalty), compare_base)
+        generation_kwargs(max_new_tokens, temperature, top_p, repetition_penalty), compare_base, pairs)
     result = execute(request)
     if as_json:
         dump_json(result)

@@ -6,31 +6,35 @@ from typing import Any
 
 import click
 
+from ..errors import EnvironmentProblem, PluginError
 from .output import dump_json
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def plugins(as_json: bool) -> None:
+@click.option("--check", is_flag=True,
+              help="Also compile each plugin's schema fragment with Ajv in strict mode, as the web page and "
+                   "other-language validators do (needs Node.js); exit 1 when one cannot be compiled.")
+def plugins(as_json: bool, check: bool) -> None:
     """List the installed plugins: name, distribution, version, hooks, components and
     their capabilities."""
-    from ..plugins import get_plugins
+    from ..plugins import get_plugins, plugins_report
 
     loaded = get_plugins()
-    rows: list[dict[str, Any]] = []
-    for name, info in sorted(loaded.infos.items()):
-        components = [
-            {"kind": c.kind, "name": c.name, "description": c.description,
-             "capabilities": c.capabilities(),
-             "options": sorted((c.options_schema or {}).get("properties", {}))}
-            for c in loaded.registry.components() if loaded.registry.owner_of(c).name == name
-        ]
-        rows.append({"name": name, "distribution": info.distribution, "version": info.version,
-                     "hooks": loaded.hook_names(name), "components": components})
-    skipped = [{"name": s.name, "distribution": s.distribution, "reason": s.reason}
-               for s in loaded.skipped]
+    report = plugins_report(loaded)
+    rows, skipped = report["plugins"], report["skipped"]
+    problems: dict[str, str] | None = None
+    if check:
+        from ..ajv import plugin_schema_problems
+
+        problems = plugin_schema_problems(loaded.registry)
+        if problems is None:
+            raise EnvironmentProblem("plugins --check compiles the schema fragments with Ajv, which needs Node.js, "
+                                     "and `node` is not on the PATH here: install Node.js, or check without --check")
+        report["schema_problems"] = problems
     if as_json:
-        dump_json({"plugins": rows, "skipped": skipped})
+        dump_json(report)
+        _fail_on(problems)
         return
     for row in rows:
         click.secho(f"{row['name']}  ", bold=True, nl=False)
@@ -46,6 +50,18 @@ def plugins(as_json: bool) -> None:
         click.secho(f"{s['name']}  {s['distribution']}: skipped, {s['reason']}", dim=True)
     if not rows:
         click.echo("no plugins loaded")
+    if problems is not None and not problems:
+        click.echo("schema fragments: every one compiles with Ajv (strict mode)")
+    _fail_on(problems)
+
+
+def _fail_on(problems: dict[str, str] | None) -> None:
+    """One error naming each fragment that Ajv cannot compile (exit code 2)."""
+    if problems:
+        raise PluginError("Ajv (strict mode) cannot compile " + "; ".join(
+            f"the {name}: {problem}" for name, problem in sorted(problems.items()))
+            + ": the web form and other-language validators would refuse the schema; fix the fragment "
+              "(for example give every object schema \"type\": \"object\")")
 
 
 def _short(value: Any) -> str:
@@ -53,4 +69,6 @@ def _short(value: Any) -> str:
         return "any"
     if isinstance(value, list):
         return "|".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return "|".join(f"{k}->{v}" for k, v in value.items()) or "none"
     return str(value)

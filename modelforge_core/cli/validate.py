@@ -13,7 +13,7 @@ from .output import dump_json, print_problems, print_resolved, problems_json
 @click.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a field (repeatable); nested options as dpo.beta=0.2.")
+              help="Override a field (repeatable); a component's options as NAME.OPTION=VALUE.")
 @click.option("--resolved", is_flag=True, help="Print the full resolved config with each value's source.")
 @click.option("--data", "check_data", is_flag=True, help="Also check the dataset row by row.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for frontends).")

@@ -34,7 +34,7 @@ from .. import __version__
 from ..config import Document, ResolvedConfig, resolve_config, resolve_paths
 from ..errors import ConfigError, ValidationFailed, shorten
 from ..jsonpos import loads_with_lines
-from ..plugins import Plugins, get_plugins
+from ..plugins import Plugins, get_plugins, plugins_report
 from ..readiness import environment_problems
 from ..runs import CONFIG_FILE, default_run_name, output_dir_problem
 from ..schema import effective_schema
@@ -214,6 +214,13 @@ class Service:
         self.settings = settings
         self.plugins = plugins
         self.schema = effective_schema(plugins.registry)
+        # Ajv (strict mode) compiles each plugin's fragment now, as the page will: a broken one is
+        # reported by /plugins and in the log instead of blanking the form.
+        from ..ajv import plugin_schema_problems
+
+        self.schema_problems = plugin_schema_problems(plugins.registry)
+        for name, problem in (self.schema_problems or {}).items():
+            log.warning("the web form cannot compile the %s: %s", name, problem)
         self.store = JobStore(settings.state_dir)
         self.doctor_report: tuple[float, dict[str, Any]] | None = None
         self.doctor_lock = asyncio.Lock()
@@ -352,7 +359,7 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
         return JSONResponse(service.schema)
 
     async def plugins_view(request: Request) -> Response:
-        return JSONResponse(plugins_report(service.plugins))
+        return JSONResponse({**plugins_report(service.plugins), "schema_problems": service.schema_problems})
 
     async def doctor(request: Request) -> Response:
         async with service.doctor_lock:
@@ -552,21 +559,6 @@ def _inside_or_error(settings: ServerSettings, given: str) -> Path:
         raise ApiError(problem.status, problem.code, problem.message) from None
     except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte
         raise ApiError(400, "bad_path", f"{shorten(repr(given), 80)} is not a usable path") from None
-
-
-def plugins_report(loaded: Plugins) -> dict[str, Any]:
-    """What ``modelforge plugins --json`` prints: each plugin with its hooks and components."""
-    rows: list[dict[str, Any]] = []
-    for name, info in sorted(loaded.infos.items()):
-        components = [
-            {"kind": c.kind, "name": c.name, "description": c.description, "capabilities": c.capabilities(),
-             "options": sorted((c.options_schema or {}).get("properties", {}))}
-            for c in loaded.registry.components() if loaded.registry.owner_of(c).name == name
-        ]
-        rows.append({"name": name, "distribution": info.distribution, "version": info.version,
-                     "hooks": loaded.hook_names(name), "components": components})
-    skipped = [{"name": s.name, "distribution": s.distribution, "reason": s.reason} for s in loaded.skipped]
-    return {"plugins": rows, "skipped": skipped}
 
 
 async def run_doctor() -> dict[str, Any]:

@@ -159,8 +159,10 @@ def openapi_spec() -> dict[str, Any]:
             description="The canonical schema plus the installed plugins' options and compatibility rules: "
                         "what `modelforge schema` prints.")},
         "/api/v1/plugins": {"get": _op("Installed plugins", {"200": _json(
-            {"type": "object", "properties": {"plugins": {"type": "array"}, "skipped": {"type": "array"}}},
-            "What `modelforge plugins --json` prints.")})},
+            {"type": "object", "properties": {"plugins": {"type": "array"}, "skipped": {"type": "array"},
+                                              "schema_problems": {"type": ["object", "null"]}}},
+            "What `modelforge plugins --json --check` prints: with each plugin schema fragment that Ajv (strict "
+            "mode) cannot compile (null without Node.js).")})},
         "/api/v1/doctor": {"get": _op("This machine's hardware and the profile it suits", {
             "200": _json({"type": "object"}, "What `modelforge doctor --json` prints."),
             "502": _error("modelforge doctor failed.")})},

@@ -10,7 +10,10 @@ import json
 import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..api import Task
 
 ISLANDS = (
     ("Veloria", "Quenlow", "plums"), ("Marrak", "Ostyn", "figs"), ("Tessaly", "Brindle", "pears"),
@@ -94,13 +97,26 @@ def qa_rows(n: int = 60, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def sample_rows(task: str, *, shape: str = "supervised", fmt: str = "io") -> list[dict[str, Any]]:
+def sample_rows(task: str | Task, *, shape: str = "supervised", fmt: str = "io") -> list[dict[str, Any]]:
+    """Sample rows of ``shape`` for ``task``: those a task declares (:attr:`Task.sample_rows`,
+    for a task object or an installed task's name), else the kit's synthetic rows for the
+    built-in tasks."""
+    if not isinstance(task, str):
+        declared = task.sample_rows.get(shape)
+        if not declared:
+            raise ValueError(f"task {task.name!r} declares no sample rows of shape {shape!r} (Task.sample_rows)")
+        return [dict(row) for row in declared]
     if task == "text-generation":
         return preference_rows() if shape == "preference" else text_generation_rows(fmt)  # type: ignore[return-value]
     if task == "summarization":
         return summarization_rows()  # type: ignore[return-value]
     if task == "extractive-question-answering":
         return qa_rows()
+    from ..plugins import get_plugins
+
+    installed = get_plugins().registry.tasks.get(task)
+    if installed is not None:
+        return sample_rows(installed, shape=shape, fmt=fmt)
     raise ValueError(f"no sample data for task {task!r}")
 
 

@@ -14,47 +14,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .configs import tiny_config
 from .datasets import sample_rows, write_jsonl
 
+if TYPE_CHECKING:
+    from ..api import Task
 
-def tiny_config(model: str | Path, dataset: str | Path, **overrides: Any) -> dict[str, Any]:
-    """A config that trains a tiny model in seconds on a CPU; ``overrides`` win."""
-    config: dict[str, Any] = {
-        "task": "text-generation",
-        "model_name": str(model),
-        "dataset": str(dataset),
-        "compute_specs": "low_end",
-        "use_4bit": False,
-        "gradient_checkpointing": False,
-        "optim": "adamw_torch",
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 8,
-        "gradient_accumulation_steps": 1,
-        "num_train_epochs": 3,
-        "learning_rate": 3e-3,
-        "lora_r": 16,
-        "lora_alpha": 32,
-        "lora_dropout": 0.0,
-        "eval_steps": 1000,
-        "logging_steps": 5,
-        "warmup_ratio": 0.0,
-        "group_by_length": False,
-        "max_seq_length": 128,
-    }
-    config.update(overrides)
-    return config
+__all__ = ["tiny_config"]
+
+#: The ini option (``[tool.pytest.ini_options]``) that opts into a data cache of the test
+#: session's own, instead of ``~/.cache/modelforge``.
+ISOLATE_OPTION = "modelforge_isolated_data_cache"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(ISOLATE_OPTION, type="bool", default=False,
+                  help="modelforge: keep prepared datasets in a temporary cache of the test session "
+                       "(sets MODELFORGE_CACHE_DIR unless it is set)")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests never write prepared datasets into the user's ``~/.cache/modelforge``."""
+def _isolated_data_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With ``modelforge_isolated_data_cache = true`` in the project's pytest settings (opt-in),
+    tests never write prepared datasets into the user's ``~/.cache/modelforge``. Without it
+    nothing is changed: installing the core does not alter other projects' test sessions."""
     import os
 
-    os.environ.setdefault("MODELFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("modelforge-cache")))
+    if request.config.getini(ISOLATE_OPTION):
+        os.environ.setdefault("MODELFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("modelforge-cache")))
 
 
 #: Set to 1 to run every test as on a CPU with AVX-512 BF16 (bitsandbytes' CPU repack switch on).
@@ -122,10 +113,14 @@ def tiny_qa_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def sample_dataset(tmp_path: Path) -> Callable[..., Path]:
-    """``sample_dataset(task, shape="supervised", fmt="io")`` writes a learnable JSONL file."""
+    """``sample_dataset(task, shape="supervised", fmt="io")`` writes a learnable JSONL file.
 
-    def make(task: str = "text-generation", *, shape: str = "supervised", fmt: str = "io") -> Path:
-        name = f"{task}-{shape}-{fmt}.jsonl"
+    ``task`` is a task's name or a :class:`~modelforge_core.api.Task`: any task that declares
+    :attr:`~modelforge_core.api.Task.sample_rows` gets them; the built-in tasks get the kit's
+    synthetic datasets."""
+
+    def make(task: str | Task = "text-generation", *, shape: str = "supervised", fmt: str = "io") -> Path:
+        name = f"{task if isinstance(task, str) else task.name}-{shape}-{fmt}.jsonl"
         return write_jsonl(tmp_path / name, sample_rows(task, shape=shape, fmt=fmt))
 
     return make

@@ -414,8 +414,27 @@ async function init() {
   }
   const schema = await api("/schema");
   $("schema-id").textContent = schema.$id || "";
-  form = new SchemaForm(schema, $("fields"), { onChange: onFormChange, onDataset: schedulePreview });
-  form.render();
+  try {
+    form = new SchemaForm(schema, $("fields"), { onChange: onFormChange, onDataset: schedulePreview });
+    form.render();
+  } catch (error) {
+    // A plugin's schema fragment that Ajv (strict mode) cannot compile: say so, never a blank page.
+    form = null;
+    const report = await api("/plugins").catch(() => ({}));
+    const culprits = Object.entries(report.schema_problems || {}).filter(([name]) => name !== "effective schema");
+    const text = culprits.length
+      ? culprits.map(([name, problem]) => `the ${name}: ${problem}`).join("; ")
+      : error.message;
+    const box = document.createElement("p");
+    box.id = "schema-error";
+    box.className = "error-text";
+    box.textContent = `The form cannot be shown: Ajv (strict mode) cannot compile the schema (${text}). ` +
+      "Fix or disable that plugin (MODELFORGE_DISABLE_PLUGINS) and restart the server.";
+    $("fields").replaceChildren(box);
+    setStatus("the schema of an installed plugin cannot be compiled", "bad");
+    document.body.dataset.ready = "true";
+    return;
+  }
   // The dataset preview belongs under the essentials, where the dataset is chosen.
   const essentials = $("fields").querySelector("details.group");
   if (essentials) essentials.append($("preview"));

@@ -31,14 +31,41 @@ const el = (tag, attrs = {}, ...children) => {
 const types = (prop) => (Array.isArray(prop.type) ? prop.type : prop.type ? [prop.type] : []);
 const fmt = (value) => (typeof value === "string" ? value : JSON.stringify(value));
 
+// The words a list field accepts besides a list: the string constants of its oneOf/anyOf.
+function listWords(prop) {
+  const words = [];
+  for (const alt of prop.oneOf || prop.anyOf || []) {
+    if (typeof alt.const === "string") words.push(alt.const);
+    if (Array.isArray(alt.enum)) words.push(...alt.enum.filter((v) => typeof v === "string"));
+  }
+  return words;
+}
+
+// The type of a list field's items (from "items" or the array alternative of a oneOf/anyOf).
+function itemType(prop) {
+  const array = types(prop).includes("array") ? prop
+    : (prop.oneOf || prop.anyOf || []).find((alt) => types(alt).includes("array")) || {};
+  return types(array.items || {})[0] || "string";
+}
+
+// "must be ..." for a field whose value matches none of its alternatives (any list option).
+function listMessage(prop) {
+  const parts = listWords(prop).map((word) => `"${word}"`);
+  const item = itemType(prop);
+  const what = item === "integer" ? "whole numbers" : item === "number" ? "numbers" : "values";
+  parts.push(`a comma-separated list of ${what}`);
+  return `must be ${parts.join(" or ")}`;
+}
+
 function kindOf(prop) {
   if (prop.enum) return "enum";
   const t = types(prop);
+  if (t.includes("array")) return "list";
   if (t.includes("boolean")) return "boolean";
   if (t.includes("integer")) return "integer";
   if (t.includes("number")) return "number";
   if (t.includes("string")) return "string";
-  if (prop.oneOf && prop.oneOf.some((alt) => alt.type === "array")) return "list";
+  if ((prop.oneOf || prop.anyOf || []).some((alt) => types(alt).includes("array"))) return "list";
   if (t.includes("object") || prop.properties) return "object";
   return "string";
 }
@@ -54,8 +81,11 @@ function rangeText(prop) {
 }
 
 // A sentence for one Ajv error, in the words a person would use.
-function friendly(error) {
+function friendly(error, prop) {
   const p = error.params || {};
+  if (prop && kindOf(prop) === "list" && ["oneOf", "anyOf", "type", "items", "minItems"].includes(error.keyword)) {
+    return listMessage(prop);
+  }
   switch (error.keyword) {
     case "maximum": return `must be at most ${p.limit}`;
     case "minimum": return `must be at least ${p.limit}`;
@@ -68,7 +98,6 @@ function friendly(error) {
     case "not": return "is not allowed here";
     case "pattern": return `must match ${p.pattern}`;
     case "minLength": return "must not be empty";
-    case "oneOf": return "must be \"all-linear\" or a comma-separated list of module names";
     default: return error.message || error.keyword;
   }
 }
@@ -215,8 +244,12 @@ export class SchemaForm {
       return Number(text);
     }
     if (kind === "list") {
-      if (text === "" || text === "all-linear") return text || undefined;
-      return text.split(",").map((s) => s.trim()).filter(Boolean);
+      if (text === "") return nullable ? null : undefined;
+      if (listWords(field.prop).includes(text)) return text;
+      const items = text.split(",").map((s) => s.trim()).filter(Boolean);
+      const item = itemType(field.prop);
+      return item === "integer" || item === "number" ? items.map((s) => (s === "" || isNaN(Number(s)) ? s : Number(s)))
+        : items;
     }
     if (text === "") return nullable ? null : undefined;
     return kind === "enum" ? coerceEnum(field.prop, text) : input.value;
@@ -282,8 +315,13 @@ export class SchemaForm {
       let path = error.instancePath;
       if (error.keyword === "required") path += `/${error.params.missingProperty}`;
       if (error.keyword === "additionalProperties") path += `/${error.params.additionalProperty}`;
-      const key = path.split("/").filter(Boolean).join(".");
-      const message = rule ? (this.schema.allOf[Number(rule[1])].description || friendly(error)) : friendly(error);
+      let key = path.split("/").filter(Boolean).join(".");
+      // An error inside a list (one of its items) belongs to the list's field.
+      while (!this.fields.has(key) && /\.\d+$/.test(key)) key = key.replace(/\.\d+$/, "");
+      const prop = this.fields.has(key) ? this.fields.get(key).prop : undefined;
+      const inList = prop && kindOf(prop) === "list" && key !== path.split("/").filter(Boolean).join(".");
+      const message = rule ? (this.schema.allOf[Number(rule[1])].description || friendly(error, prop))
+        : inList ? listMessage(prop) : friendly(error, prop);
       if (this.fields.has(key)) {
         if (!fieldErrors.has(key)) fieldErrors.set(key, []);
         if (!fieldErrors.get(key).includes(message)) fieldErrors.get(key).push(message);

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from modelforge_core.api import LoadedModel, LoadRequest
-from modelforge_core.errors import EnvironmentProblem, ModelForgeError
+from modelforge_core.errors import EnvironmentProblem, ModelLoadError
 
 AUTO_CLASSES = {
     "causal-lm": "AutoModelForCausalLM",
@@ -21,12 +21,6 @@ PEFT_TASK_TYPES = {
     "question-answering": "QUESTION_ANS",
     "sequence-classification": "SEQ_CLS",
 }
-
-
-class ModelLoadError(ModelForgeError):
-    """The model or tokenizer could not be loaded (missing path, not a model, remote code)."""
-
-    exit_code = 2
 
 
 def torch_dtype(config: Mapping[str, Any]) -> Any:
@@ -70,14 +64,23 @@ def quantization_config(config: Mapping[str, Any], head: str = "causal-lm") -> A
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
-def lora_config(config: Mapping[str, Any], head: str) -> Any:
+def lora_config(config: Mapping[str, Any], head: str, modules_to_save: Sequence[str] = (),
+                inside_saved: Sequence[str] = ()) -> Any:
+    """peft's ``LoraConfig`` from the config; ``modules_to_save`` (the task's) are trained in
+    full and saved, and LoRA does not wrap the layers ``inside_saved`` them."""
     from peft import LoraConfig
 
     targets = config.get("lora_target_modules", "all-linear")
     extra: dict[str, Any] = {}
+    excluded: list[str] = []
     if head == "question-answering" and targets == "all-linear":
         # peft trains the span head in full (modules_to_save); LoRA must not wrap it too.
-        extra["exclude_modules"] = HEAD_MODULES[head]
+        excluded += HEAD_MODULES[head]
+    if modules_to_save:
+        extra["modules_to_save"] = list(modules_to_save)
+        excluded += list(inside_saved)
+    if excluded:
+        extra["exclude_modules"] = excluded
     return LoraConfig(**extra,
         r=config["lora_r"],
         lora_alpha=config["lora_alpha"],
@@ -137,6 +140,10 @@ def load(request: LoadRequest) -> LoadedModel:
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     if request.head == "sequence-classification":
         kwargs["num_labels"] = request.num_labels or 1
+        if request.label_names:
+            # The names travel in the model config: the adapter's base, the merged export.
+            kwargs["id2label"] = dict(enumerate(request.label_names))
+            kwargs["label2id"] = {name: index for index, name in enumerate(request.label_names)}
     auto = getattr(transformers, AUTO_CLASSES[request.head])
     try:
         saved = request.adapter_path is not None and (Path(request.adapter_path) / "tokenizer_config.json").exists()
@@ -162,7 +169,12 @@ def load(request: LoadRequest) -> LoadedModel:
         model = PeftModel.from_pretrained(model, str(request.adapter_path), adapter_name=request.adapter_name,
                                           is_trainable=request.for_training)
     elif request.new_adapter:
-        model = get_peft_model(model, lora_config(config, request.head), adapter_name=request.adapter_name)
+        saved = list(request.modules_to_save)
+        inside = [key for key, _module in model.named_modules()
+                  if any(key == name or key.endswith(f".{name}") or f".{name}." in f".{key}" for name in saved)
+                  and not any(key == name or key.endswith(f".{name}") for name in saved)]
+        model = get_peft_model(model, lora_config(config, request.head, saved, inside),
+                               adapter_name=request.adapter_name)
     if not request.for_training:
         model.eval()
     info: dict[str, Any] = {

@@ -21,6 +21,16 @@ class UnslothProvider(Provider):
     heads: ClassVar[frozenset[str]] = frozenset({"causal-lm"})
     tasks: ClassVar[frozenset[str] | None] = frozenset({"text-generation"})
     strategies: ClassVar[frozenset[str] | None] = frozenset({"sft", "qlora", "dpo"})
+    multi_process: ClassVar[bool] = False
+    single_process_reason: ClassVar[str] = ("unsloth trains in a single process only (it does not support multi-GPU "
+                                            "data parallel training under accelerate/torchrun)")
+    devices: ClassVar[frozenset[str] | None] = frozenset({"cuda", "xpu", "cpu"})
+    devices_description: ClassVar[str] = "NVIDIA and AMD GPUs, Intel XPUs and, slowly, the CPU"
+    #: unsloth keeps the unquantized parameters in the compute dtype.
+    kbit_upcasts_to_fp32: ClassVar[bool] = False
+    memory_note: ClassVar[str | None] = ("unsloth's own kernels and checkpointing usually need less than this "
+                                         "estimate, which follows the peft way of preparing a model")
+    libraries: ClassVar[tuple[str, ...]] = ("unsloth",)
 
     def check_environment(self) -> str | None:
         # Package metadata only: validation must not pay for (or suffer) importing unsloth.

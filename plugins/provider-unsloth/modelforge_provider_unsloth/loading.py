@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from modelforge_core.api import LoadedModel, LoadRequest
-from modelforge_core.errors import EnvironmentProblem, ModelForgeError
+from modelforge_core.errors import EnvironmentProblem, ModelLoadError
 
 from .environment import import_unsloth
 
@@ -26,12 +26,6 @@ from .environment import import_unsloth
 #: projections of Llama-style decoders, the layers unsloth's fused LoRA kernels cover.
 #: (unsloth needs the names; peft's "all-linear" shortcut bypasses its kernels.)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class ModelLoadError(ModelForgeError):
-    """unsloth could not load the model or the adapter (missing folder, unsupported architecture)."""
-
-    exit_code = 2
 
 
 def model_dtype(config: Mapping[str, Any]) -> Any:

@@ -19,6 +19,9 @@ class DPOStrategy(Strategy):
     data_shape: ClassVar[str] = "preference"
     tasks: ClassVar[frozenset[str] | None] = frozenset({"text-generation"})
     recommended_learning_rate: ClassVar[float | None] = 5e-7
+    #: Each pair runs its chosen and its rejected answer in the same step.
+    sequences_per_example: ClassVar[int] = 2
+    fused_loss: ClassVar[bool] = True
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Options of the dpo strategy.",
         "properties": {

@@ -19,6 +19,8 @@ class QLoRAStrategy(Strategy):
     description: ClassVar[str] = "LoRA on a 4-bit (nf4/fp4) quantized base, k-bit preparation."
     data_shape: ClassVar[str] = "supervised"
     recommended_learning_rate: ClassVar[float | None] = 2e-4
+    fused_loss: ClassVar[bool] = True
+    needs_4bit: ClassVar[bool] = True
 
     def check_environment(self) -> str | None:
         if importlib.util.find_spec("bitsandbytes") is None:

@@ -21,6 +21,8 @@ class RLHFStrategy(Strategy):
     data_shape: ClassVar[str] = "preference"
     tasks: ClassVar[frozenset[str] | None] = frozenset({"text-generation"})
     recommended_learning_rate: ClassVar[float | None] = 1.41e-5
+    memory_note: ClassVar[str | None] = ("rlhf: the estimate covers a training step of the policy; generating its "
+                                         "samples needs a little more")
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Options of the rlhf strategy.",
         "properties": {

@@ -18,6 +18,7 @@ class SFTStrategy(Strategy):
     description: ClassVar[str] = "Supervised fine-tuning with LoRA (TRL SFTTrainer for causal LMs)."
     data_shape: ClassVar[str] = "supervised"
     recommended_learning_rate: ClassVar[float | None] = 2e-4
+    fused_loss: ClassVar[bool] = True
 
     def train(self, job: TrainingJob) -> TrainResult:
         from modelforge_core.training import run_supervised

@@ -7,8 +7,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from modelforge_core import hookimpl
-from modelforge_core.api import LoadedModel, Task
+from modelforge_core.api import LoadedModel, Task, required_text
 from modelforge_core.errors import Problem
+
+#: The window length when ``max_seq_length`` is null (the usual SQuAD setting).
+DEFAULT_MAX_LENGTH = 384
 
 
 def check_answers(row: Mapping[str, Any]) -> list[Problem]:
@@ -57,6 +60,9 @@ class ExtractiveQA(Task):
     row_formats: ClassVar[Mapping[str, Sequence[str]]] = {
         "supervised": ('{"context": ..., "question": ..., "answers": {"text": [...], "answer_start": [...]}}',),
     }
+    generate_inputs: ClassVar[Mapping[str, str]] = {"context": "context", "question": "question"}
+    span_answer: ClassVar[bool] = True
+    default_sequence_length: ClassVar[int | None] = DEFAULT_MAX_LENGTH
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Windowing and span decoding for extractive question answering.",
         "properties": {
@@ -80,16 +86,8 @@ class ExtractiveQA(Task):
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         return "supervised" if {"context", "question", "answers"} & set(row) else None
 
-    def check_row(self, row: Mapping[str, Any], shape: str) -> list[Problem]:
-        problems = []
-        for key in ("context", "question"):
-            if key not in row:
-                problems.append(Problem(key, "missing field", code="missing_field"))
-            elif not isinstance(row[key], str):
-                problems.append(Problem(key, f"expected a string, got {type(row[key]).__name__}", code="type"))
-            elif not row[key].strip():
-                problems.append(Problem(key, "must not be empty", code="empty"))
-        return problems + check_answers(row)
+    def check_row(self, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
+        return required_text(row, ("context", "question")) + check_answers(row)
 
     def build_dataset(self, rows: Sequence[Mapping[str, Any]], *, shape: str, tokenizer: Any,
                       config: Mapping[str, Any], head: str) -> Any:

@@ -19,11 +19,10 @@ from typing import Any
 from modelforge_core.api import LoadedModel
 from modelforge_core.errors import ModelForgeError, Problem, ValidationFailed
 
+from . import DEFAULT_MAX_LENGTH
 from .metrics import squad_scores
 from .spans import Window, decode_answer
 
-#: The window length when ``max_seq_length`` is null (the usual SQuAD setting).
-DEFAULT_MAX_LENGTH = 384
 #: Tokenizers report this (or more) as ``model_max_length`` when they know no limit.
 UNKNOWN_LIMIT = 10**6
 

@@ -379,7 +379,7 @@ def test_predict_needs_context_and_question(trained_qa: Any) -> None:
 def test_sighting_rows_pass_the_row_check() -> None:
     from modelforge_task_extractive_qa import ExtractiveQA
 
-    assert all(ExtractiveQA().check_row(row, "supervised") == [] for row in sighting_rows())
+    assert all(ExtractiveQA().check_row(row, "supervised", {}) == [] for row in sighting_rows())
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from modelforge_core import hookimpl
-from modelforge_core.api import LoadedModel, Task
+from modelforge_core.api import LoadedModel, Task, required_text
 from modelforge_core.errors import Problem
 
 #: Model types whose config says "encoder-decoder" even without ``is_encoder_decoder``.
@@ -22,6 +22,7 @@ class Summarization(Task):
     row_formats: ClassVar[Mapping[str, Sequence[str]]] = {
         "supervised": ('{"document": ..., "summary": ...}',),
     }
+    generate_inputs: ClassVar[Mapping[str, str]] = {"document": "document"}
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Generation settings for the summaries scored with ROUGE.",
         "properties": {
@@ -43,16 +44,8 @@ class Summarization(Task):
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         return "supervised" if "document" in row or "summary" in row else None
 
-    def check_row(self, row: Mapping[str, Any], shape: str) -> list[Problem]:
-        problems = []
-        for key in ("document", "summary"):
-            if key not in row:
-                problems.append(Problem(key, "missing field", code="missing_field"))
-            elif not isinstance(row[key], str):
-                problems.append(Problem(key, f"expected a string, got {type(row[key]).__name__}", code="type"))
-            elif not row[key].strip():
-                problems.append(Problem(key, "must not be empty", code="empty"))
-        return problems
+    def check_row(self, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
+        return required_text(row, ("document", "summary"))
 
     def choose_head(self, config: Mapping[str, Any], model_config: Mapping[str, Any] | None) -> str:
         if model_config and (model_config.get("is_encoder_decoder")

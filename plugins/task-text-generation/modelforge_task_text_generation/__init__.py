@@ -11,21 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from modelforge_core import hookimpl
-from modelforge_core.api import LoadedModel, Task
+from modelforge_core.api import LoadedModel, Task, required_text
 from modelforge_core.errors import Problem
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
 def _text_problem(row: Mapping[str, Any], key: str, *, allow_empty: bool = False) -> Problem | None:
-    if key not in row:
-        return Problem(key, "missing field", code="missing_field")
-    value = row[key]
-    if not isinstance(value, str):
-        return Problem(key, f"expected a string, got {type(value).__name__}", code="type")
-    if not allow_empty and not value.strip():
-        return Problem(key, "must not be empty", code="empty")
-    return None
+    found = required_text(row, (key,), allow_empty=(key,) if allow_empty else ())
+    return found[0] if found else None
 
 
 def _messages_problems(value: Any, key: str, *, must_end_with_assistant: bool,
@@ -66,6 +60,9 @@ class TextGeneration(Task):
                        '{"prompt": ..., "completion": ...}'),
         "preference": ('{"prompt": ..., "chosen": ..., "rejected": ...}',),
     }
+    generate_inputs: ClassVar[Mapping[str, str]] = {"prompt": "input", "system": "system"}
+    required_inputs: ClassVar[tuple[str, ...] | None] = ("prompt",)
+    conversational: ClassVar[bool] = True
 
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         if "chosen" in row or "rejected" in row:
@@ -84,7 +81,7 @@ class TextGeneration(Task):
             return "prompt_completion"
         return "io"
 
-    def check_row(self, row: Mapping[str, Any], shape: str) -> list[Problem]:
+    def check_row(self, row: Mapping[str, Any], shape: str, config: Mapping[str, Any]) -> list[Problem]:
         fmt = self.row_format(row)
         if fmt == "preference":
             return self._check_preference(row)
