@@ -1,5 +1,8 @@
 """The orchestrating core of ``modelforge train``: plugins from the config, data checked
-before anything heavy loads, a seeded split, the run folder, the strategy, metrics, status."""
+before anything heavy loads, a seeded split, the run folder, the strategy, metrics, status.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
+"""
 
 from __future__ import annotations
 
@@ -20,11 +23,11 @@ from . import __version__
 from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
-from .errors import ModelForgeError, Problem, RunError, ValidationFailed
+from .errors import Interrupted, ModelForgeError, Problem, RunError, ValidationFailed
 from .plugins import Plugins, get_plugins
 from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
 from .schema import schema_version
-from .training import Display, Interrupted, StopFlag, catch_interruptions, make_run_callback
+from .training import Display, Stages, StopFlag, catch_interruptions, make_run_callback
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "unsloth")
 
@@ -165,6 +168,7 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         start_process_group()
     head = task.choose_head(config.data, read_model_config(config["model_name"]))
     previous_before: dict[str, float] = {}
+    previous_metrics: dict[str, Any] = {}
     if resume is not None:
         run = RunDir.open(resume)
         status = run.status().get("status")
@@ -178,7 +182,8 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
             raise RunError(f"the dataset {data.file} changed since {resume} started: resuming would train "
                            "on different data; start a new run instead")
         if run.file(METRICS_FILE).is_file():
-            previous_before = dict(run.read_json(METRICS_FILE).get("before", {}))
+            previous_metrics = dict(run.read_json(METRICS_FILE))
+            previous_before = dict(previous_metrics.get("before", {}))
         display.message(f"resuming {run.path} from {checkpoint.name}")
     else:
         checkpoint = None
@@ -200,7 +205,8 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         from .launch import distributed_callback
 
         sync.append(distributed_callback(flag))
-    stage_metrics: dict[str, Any] = {"before": previous_before} if previous_before else {}
+    # A resumed run keeps every stage the first attempt reported (rlhf's reward model, too).
+    stage_metrics: dict[str, Any] = dict(previous_metrics)
 
     def report(stage: str, metrics: Mapping[str, float]) -> None:
         if not main_process:
@@ -239,13 +245,17 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         return build(config.data, output_dir=str(run.checkpoints), logging_dir=str(run.path / TENSORBOARD_DIR),
                      **kwargs)
 
+    from .trainer import LANGUAGE_MODEL_HEADS, clean_metrics
+
+    stages = Stages(partial(clean_metrics, perplexity=head in LANGUAGE_MODEL_HEADS))
     job = TrainingJob(
         config=config.data, task=task, provider=provider, run=info,
         train_rows=[data.rows[i] for i in split[0]], eval_rows=[data.rows[i] for i in split[1]],
         shape=data.shape, load_model=load_model, trainer_arguments=trainer_arguments,
-        callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag)], head=head,
+        callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag, stages)], head=head,
         resume_from=checkpoint, save=save, report=report, say=display.message,
         stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
+        previous_metrics=previous_metrics, stage=stages.enter,
     )
     display.message(f"run folder: {run.path}")
     try:

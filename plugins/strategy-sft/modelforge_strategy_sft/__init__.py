@@ -20,7 +20,7 @@ class SFTStrategy(Strategy):
     recommended_learning_rate: ClassVar[float | None] = 2e-4
 
     def train(self, job: TrainingJob) -> TrainResult:
-        from modelforge_core.training import run_supervised
+        from modelforge_core.trainer import run_supervised
 
         return run_supervised(job)
 
