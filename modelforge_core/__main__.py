@@ -1,4 +1,7 @@
-"""``python -m modelforge_core``: the same as the ``modelforge`` command (for ``accelerate launch -m``)."""
+"""``python -m modelforge_core``: the same as the ``modelforge`` command (for ``accelerate launch -m``).
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
+"""
 
 from __future__ import annotations
 

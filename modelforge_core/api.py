@@ -4,11 +4,15 @@ A plugin subclasses :class:`Provider`, :class:`Strategy` or :class:`Task`, fills
 attributes that describe it (its name, capabilities and options) and implements the methods.
 The class attributes are read when a config is validated, so everything at class level must be
 cheap; the methods run during training and may import torch, transformers, peft or trl inside.
+
+Public API (docs/plugins.md, "The public API"): within a minor release series, attributes,
+methods, fields and parameters are only added, with defaults, never renamed or removed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -343,6 +347,16 @@ class TrainingJob:
     stop_requested: Callable[[], bool] = lambda: False
     #: When resuming: the metrics measured before training in the first attempt.
     previous_metrics_before: dict[str, float] = field(default_factory=dict)
+    #: When resuming: every stage's metrics the first attempt reported (``before``, and a
+    #: multi-stage strategy's own stages such as rlhf's ``reward_model_after``); empty for a
+    #: new run. A strategy reads earlier results here, never from the run folder.
+    previous_metrics: dict[str, Any] = field(default_factory=dict)
+    #: ``with job.stage("before"): trainer.evaluate()``: the trainer's evaluations inside the
+    #: block belong to that stage, which the strategy reports itself; the core's callbacks then
+    #: neither report them as ``during`` nor show them as training progress. With ``clean``
+    #: (``"during"`` only), the core reports in-training evaluations through that function.
+    #: The trainer kit (:mod:`modelforge_core.trainer`) does this for you.
+    stage: Callable[..., AbstractContextManager[None]] = lambda name, clean=None: nullcontext()
     #: The core's run folder object (``modelforge_core.runs.RunDir``), for extra outputs.
     run_dir: Any = None
 

@@ -4,6 +4,8 @@ Precedence, lowest first: the schema's defaults < the ``compute_specs`` profile 
 file < ``--set key=value`` on the command line. Every resolved value remembers where it came
 from. Relative paths in the file are resolved against the file's folder; relative paths given
 with ``--set`` against the current directory.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 No heavy imports here: ``modelforge validate --data`` runs this on 10,000-row files in a
 fraction of a second. Rows are JSON objects, one per line (JSONL); a ``.json`` file holding an
 array of objects is accepted too. A UTF-8 byte-order mark and blank lines are fine.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ tokenization and only builds labels, truncates and packs. It tokenizes in batche
 same tokenizer calls TRL makes one row at a time, so the ids are identical and it runs faster.
 
 Importing this module is cheap; ``datasets`` is imported inside functions.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Builds a tiny base model locally (a small Llama with its own tokenizer, given so
 a short pre-training), writes a bundled dataset of invented facts that no model can know,
 trains a LoRA adapter on it with ``modelforge train``'s own code path, then compares the base
 model and the trained adapter on held-out phrasings.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Every class here is something a user may see. The CLI converts any :class:`Model
 into its message on stderr and a non-zero exit code, without a traceback (set
 ``MODELFORGE_DEBUG=1`` or pass ``--debug`` to get the traceback back). Anything else that
 escapes is a bug in ModelForge or in a plugin.
+
+Public API: a plugin may import this module and raise its errors (see docs/plugins.md, "The
+public API"). Classes are only added; an existing one keeps its name, base and exit code within
+a minor release series.
 """
 
 from __future__ import annotations
@@ -130,6 +134,13 @@ class EnvironmentProblem(ModelForgeError):
     """The machine cannot run what the config asks (bf16 without support, unsloth missing)."""
 
     exit_code = 3
+
+
+class Interrupted(ModelForgeError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; ``modelforge train --resume``
+    continues it. Raised by the trainer kit (:mod:`modelforge_core.trainer`). Exit code 130."""
+
+    exit_code = 130
 
 
 class RunError(ModelForgeError):

@@ -8,13 +8,15 @@ the ``after`` value in ``metrics.json``); the task adds its own metrics (ROUGE, 
 
 Results go to ``evaluations/<timestamp>.json`` inside the run folder; ``metrics.json``, the
 record of the training itself, is never touched.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -85,58 +87,27 @@ def dataset_file(run: RunDir, config: Mapping[str, Any], plugins: Plugins, path:
                                        "rows": len(data.rows)})
 
 
-def loss_metrics(trained: Any, data: EvaluationData) -> dict[str, float]:
-    """``eval_loss`` (and what the trainer reports with it) with the trainer the run trained with:
-    TRL's ``SFTTrainer`` for causal LMs, ``Seq2SeqTrainer`` or ``Trainer`` for the other heads."""
-    from .training import NOISE_SUFFIXES, choose_max_length, prepare_trainer, trainer_arguments, with_perplexity
+def measure(trained: Any, data: EvaluationData) -> dict[str, float]:
+    """The run's metrics on ``data``, measured as at the end of training: the trainer kit builds
+    the same trainer (TRL's ``SFTTrainer`` for causal LMs, ``Seq2SeqTrainer`` or ``Trainer``
+    otherwise) on the same formatted data, batch size and sequence length, and
+    :func:`~modelforge_core.trainer.evaluate_stage` gives the loss and the task's metrics."""
+    from .api import RunInfo, TrainingJob
+    from .trainer import evaluate_stage, quiet_libraries, supervised_trainer
+    from .training import trainer_arguments
 
-    config, task, head, loaded = trained.config, trained.task, trained.head, trained.loaded
-    tokenizer, model = loaded.tokenizer, loaded.model
-
-    def build(rows: Sequence[Mapping[str, Any]]) -> Any:
-        return task.build_dataset(rows, shape="supervised", tokenizer=tokenizer, config=config, head=head)
-
-    if head == "causal-lm":
-        # The same tokenized columns as in training (and the same cache entry, when it is there).
-        from .datacache import cached_sft_dataset
-
-        def prepared(rows: Sequence[Mapping[str, Any]]) -> Any:
-            return cached_sft_dataset(rows, tokenizer, config, shape="supervised", formatter=type(task).__module__,
-                                      say=lambda _: None, build=lambda: build(rows))
-    else:
-        prepared = build
-    eval_ds = prepared(data.eval_rows)
-    trainer: Any
+    quiet_libraries()
+    config = trained.config
     with tempfile.TemporaryDirectory(prefix="modelforge-evaluate-") as scratch:
-        def arguments(args_class: type, **extra: Any) -> Any:
-            return args_class(**trainer_arguments(config, output_dir=scratch, logging_dir=None, has_eval=True,
-                                                  args_class=args_class, report_to=[], save_strategy="no",
-                                                  **extra))
-
-        if head == "causal-lm":
-            from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
-
-            train_ds = prepared(data.train_rows) if data.train_rows is not data.eval_rows else eval_ds
-            max_length = choose_max_length(config, train_ds, tokenizer, model, lambda _: None)
-            args = arguments(SFTConfig, max_length=max_length, packing=config["packing"],
-                             completion_only_loss=True, dataset_num_proc=None)
-            trainer = SFTTrainer(model=model, args=args, train_dataset=eval_ds, eval_dataset=eval_ds,
-                                 processing_class=tokenizer)
-        else:
-            from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
-
-            collator = task.data_collator(tokenizer, model, head)
-            args_class, trainer_class = ((Seq2SeqTrainingArguments, Seq2SeqTrainer) if head == "seq2seq-lm"
-                                         else (TrainingArguments, Trainer))
-            trainer = trainer_class(model=model, args=arguments(args_class), eval_dataset=eval_ds,
-                                    data_collator=collator, processing_class=tokenizer)
-        prepare_trainer(trainer)
-        raw = trainer.evaluate()
-    metrics = with_perplexity({k: float(v) for k, v in raw.items()
-                               if isinstance(v, (int, float)) and not k.endswith(NOISE_SUFFIXES)})
-    if head in ("question-answering", "sequence-classification"):
-        metrics.pop("eval_perplexity", None)  # not a language model: perplexity means nothing
-    return metrics
+        job = TrainingJob(
+            config=config, task=trained.task, provider=trained.provider,
+            run=RunInfo(trained.run.name, trained.run.path, config), train_rows=data.train_rows,
+            eval_rows=data.eval_rows, shape="supervised", load_model=lambda *args, **kwargs: trained.loaded,
+            trainer_arguments=lambda **kwargs: trainer_arguments(
+                config, output_dir=scratch, logging_dir=None, **{"report_to": [], "save_strategy": "no", **kwargs}),
+            callbacks=[], head=trained.head, say=lambda _: None)
+        trainer = supervised_trainer(job, trained.loaded, for_training=False)
+        return evaluate_stage(trainer, job, "evaluate", trained.loaded, data.eval_rows)
 
 
 def evaluate_run(run_dir: Path, *, dataset: Path | None = None, plugins: Plugins | None = None) -> EvaluationResult:
@@ -161,8 +132,7 @@ def evaluate_run(run_dir: Path, *, dataset: Path | None = None, plugins: Plugins
     data = (dataset_file(run, config, plugins, dataset) if dataset is not None
             else run_eval_split(run, config, plugins))
     trained = load_trained(run.path, plugins=plugins)
-    metrics = loss_metrics(trained, data)
-    metrics.update(trained.task.evaluate(trained.loaded, data.eval_rows, config=config))
+    metrics = measure(trained, data)
     training_metrics = {}
     # Only the run's own eval split is what the end-of-training metrics measured (a preference
     # run's eval_loss is even another loss): no comparison for a file of the user's choice.

@@ -12,6 +12,8 @@ A run trained on a 4-bit or 8-bit base is merged into the base reloaded unquanti
 chosen dtype: merging into quantized weights would round the adapter away.
 
 The folder is written under a temporary name and renamed into place, never over an existing one.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

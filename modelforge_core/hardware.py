@@ -14,6 +14,8 @@ recommendation, in ``modelforge plan`` and in the check ``modelforge train`` run
 lets a user ask "would this fit a 12 GB card?" and lets tests be the same on every machine.
 
 Importing this module is cheap; torch is imported inside the functions that need it.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ only ever added, never renamed, so plugins keep working when a hook grows.
 Registration hooks run every time the plugin manager is built (``modelforge validate`` included),
 so they must be cheap: import torch, transformers and friends inside the component's methods,
 never at module top.
+
+Public API (docs/plugins.md, "The public API"): hooks and their arguments are only added, never
+renamed or removed, within a minor release series.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Loading a finished run for inference: base model + adapter through the run's provider,
-with the run's own config, so prompts are formatted exactly as in training."""
+with the run's own config, so prompts are formatted exactly as in training.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Python's :mod:`json` gives no positions for parsed values. This reader walks the document
 once (using :mod:`json`'s own string scanner for exact string semantics) and returns the
 value together with a map from JSON path (a tuple of keys and indices) to line number.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ the orchestrator behave as one training:
 - combinations that cannot work are refused before anything heavy starts.
 
 Importing this module is cheap; torch and accelerate are imported inside functions.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The orchestrating core of ``modelforge train``: plugins from the config, data checked
-before anything heavy loads, a seeded split, the run folder, the strategy, metrics, status."""
+before anything heavy loads, a seeded split, the run folder, the strategy, metrics, status.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ from . import __version__
 from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob, task_load_fields
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
-from .errors import ModelForgeError, Problem, RunError, ValidationFailed, shorten
+from .errors import Interrupted, ModelForgeError, Problem, RunError, ValidationFailed, shorten
 from .hardware import library_versions
 from .modelconfig import read_model_config
 from .plugins import Plugins, get_plugins
@@ -25,7 +29,7 @@ from .quantization import four_bit_guard_callback, keep_4bit_trainable, quiet_ke
 from .runlock import RunLock, claim_new_run, lock_run
 from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
 from .schema import schema_version
-from .training import Display, Interrupted, StopFlag, catch_interruptions, make_run_callback
+from .training import Display, Stages, StopFlag, catch_interruptions, make_run_callback
 
 
 @dataclass
@@ -175,6 +179,7 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
     previous_before: dict[str, float] = {}
     if flag.is_set():
         raise Interrupted(f"stopped by {flag.signal_name} before training started; nothing was written")
+    previous_metrics: dict[str, Any] = {}
     if resume is not None:
         run = _open_for_resume(resume, held)
         status = run.status().get("status")
@@ -195,7 +200,8 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
                            "on different data; start a new run instead")
         if run.file(METRICS_FILE).is_file():
             saved = run.read_json(METRICS_FILE)
-            before = saved.get("before") if isinstance(saved, dict) else None
+            previous_metrics = dict(saved) if isinstance(saved, dict) else {}
+            before = previous_metrics.get("before")
             previous_before = dict(before) if isinstance(before, dict) else {}
         display.message(f"resuming {run.path} from {checkpoint.name}")
     else:
@@ -218,7 +224,8 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         from .launch import distributed_callback
 
         sync.append(distributed_callback(flag))
-    stage_metrics: dict[str, Any] = {"before": previous_before} if previous_before else {}
+    # A resumed run keeps every stage the first attempt reported (rlhf's reward model, too).
+    stage_metrics: dict[str, Any] = dict(previous_metrics)
 
     def report(stage: str, metrics: Mapping[str, float]) -> None:
         if not main_process:
@@ -261,14 +268,19 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         return build(config.data, output_dir=str(run.checkpoints), logging_dir=str(run.path / TENSORBOARD_DIR),
                      **kwargs)
 
+    from .trainer import LANGUAGE_MODEL_HEADS, clean_metrics
+
+    stages = Stages(partial(clean_metrics, perplexity=head in LANGUAGE_MODEL_HEADS))
     job = TrainingJob(
         config=config.data, task=task, provider=provider, run=info,
         train_rows=[data.rows[i] for i in split[0]], eval_rows=[data.rows[i] for i in split[1]],
         shape=data.shape, load_model=load_model, trainer_arguments=trainer_arguments,
-        callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag), four_bit_guard_callback()],
+        callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag, stages),
+                   four_bit_guard_callback()],
         head=head,
         resume_from=checkpoint, save=save, report=report, say=display.message,
         stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
+        previous_metrics=previous_metrics, stage=stages.enter,
     )
     display.message(f"run folder: {run.path}")
     try:

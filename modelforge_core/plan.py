@@ -24,6 +24,8 @@ The estimate follows what the huggingface provider and TRL's trainers really kee
 
 Importing this module is cheap: no torch. Only :func:`check_fits` and the CLI look at the
 machine (through :mod:`modelforge_core.hardware`).
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

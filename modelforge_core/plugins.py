@@ -4,6 +4,8 @@ The manager is built by :func:`load_plugins`, never at import time. Plugins are 
 the ``modelforge`` entry-point group; ``MODELFORGE_LOAD_PLUGINS`` (a comma-separated allowlist
 of entry-point or distribution names) and ``MODELFORGE_DISABLE_PLUGINS`` (a blocklist) choose
 which of them load.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ unless the user set either.
 
 ``profiles/model_shapes.json`` holds the ``config.json`` fields of the models the profiles
 recommend, so ``modelforge plan`` can size them without downloading anything.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ training process (the ``pid`` in ``status.json``) no longer exists on this machi
 ``stale``. Its process died without writing a final status (killed with SIGKILL, out of memory,
 a reboot); ``modelforge train --resume RUN_DIR`` continues it from its last checkpoint. A
 folder without a readable ``status.json`` is ``unknown``.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

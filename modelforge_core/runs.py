@@ -13,6 +13,8 @@ Layout of ``runs/<name>-<timestamp>/`` (or ``output_dir``)::
 
 Every file is written to a temporary name and renamed into place, so it is complete or absent.
 A folder that exists already is never reused, except by ``--resume``.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

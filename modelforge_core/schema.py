@@ -1,5 +1,8 @@
 """The canonical schema, the effective schema (canonical + installed plugins), and the
-translation of JSON Schema errors into messages a person can act on."""
+translation of JSON Schema errors into messages a person can act on.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
+"""
 
 from __future__ import annotations
 

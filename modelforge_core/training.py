@@ -1,6 +1,12 @@
-"""The training toolkit that strategies share: config -> trainer arguments, the core's
-callbacks (progress, JSONL log, lifecycle hooks, interruption), hardware checks, and the
-supervised training loop used by ``sft`` and ``qlora`` (and by third-party strategies).
+"""Internal: the training machinery behind the trainer kit. Plugins import
+:mod:`modelforge_core.trainer` instead; nothing here is public API and it may change in any
+release.
+
+It holds what the core itself uses: config -> trainer arguments (:func:`trainer_arguments`,
+reached by strategies through ``job.trainer_arguments``), the core's callback (progress, JSONL
+log, lifecycle hooks, interruption, evaluation stages), hardware checks. The names that moved
+to :mod:`modelforge_core.trainer` (``run_supervised``, ``evaluate_stage``...) are imported back
+here for code written against 0.1.
 
 Importing this module is cheap; torch and transformers are imported inside functions.
 """
@@ -8,20 +14,31 @@ Importing this module is cheap; torch and transformers are imported inside funct
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 import sys
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .api import LoadedModel, RunInfo, TrainingJob, TrainResult
-from .errors import EnvironmentProblem, ModelForgeError
+from .api import RunInfo
+from .errors import EnvironmentProblem
+
+# Moved to errors.py and the trainer kit; imported back (explicit re-exports) for code written
+# against 0.1. New code imports modelforge_core.trainer.
+from .errors import Interrupted as Interrupted  # noqa: PLC0414
+from .trainer import NOISE_SUFFIXES as NOISE_SUFFIXES  # noqa: PLC0414
+from .trainer import choose_max_length as choose_max_length  # noqa: PLC0414
+from .trainer import clean_metrics
+from .trainer import evaluate_stage as evaluate_stage  # noqa: PLC0414
+from .trainer import longest_example as longest_example  # noqa: PLC0414
+from .trainer import prepare_trainer as prepare_trainer  # noqa: PLC0414
+from .trainer import quiet_libraries as quiet_libraries  # noqa: PLC0414
+from .trainer import run_supervised as run_supervised  # noqa: PLC0414
+from .trainer import with_perplexity as with_perplexity  # noqa: PLC0414
 
 if TYPE_CHECKING:
     from .plugins import Hooks, Plugins
@@ -77,12 +94,6 @@ FIELDS_USED_ELSEWHERE: Mapping[str, str] = {
     "trust_remote_code": "provider: from_pretrained(trust_remote_code=...)",
     "allow_pickle_weights": "provider: from_pretrained(use_safetensors=...)",
 }
-
-
-class Interrupted(ModelForgeError):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint. Exit code 130."""
-
-    exit_code = 130
 
 
 # --- hardware ------------------------------------------------------------------------------
@@ -312,16 +323,43 @@ class Display:
             self.bar = None
 
 
+class Stages:
+    """Which stage of a run the trainers are in, set by the strategy through ``job.stage``:
+    ``"during"`` (training) unless an evaluation outside training runs (``"before"``,
+    ``"after"``...), and how in-training evaluations are cleaned before they are reported."""
+
+    def __init__(self, clean: Callable[[Mapping[str, Any]], dict[str, float]]) -> None:
+        self.current = "during"
+        self.clean = clean
+
+    @contextmanager
+    def enter(self, name: str, clean: Callable[[Mapping[str, Any]], dict[str, float]] | None = None
+              ) -> Iterator[None]:
+        previous = self.current, self.clean
+        self.current = name
+        if clean is not None:
+            self.clean = clean
+        try:
+            yield
+        finally:
+            self.current, self.clean = previous
+
+
 def make_run_callback(run: RunDir, info: RunInfo, hooks: Hooks, display: Display, flag: StopFlag,
-                      stage_name: str = "") -> Any:
-    """The core's ``TrainerCallback``: JSONL log, lifecycle hooks, progress, interruption."""
+                      stages: Stages | None = None) -> Any:
+    """The core's ``TrainerCallback``: JSONL log, lifecycle hooks, progress, interruption.
+
+    The trainer's evaluations are reported to ``on_evaluate`` as ``during``, and its logs shown as
+    progress, only while training (``stages.current == "during"``): the strategy reports the
+    evaluations of its own stages (``before``, ``after``) itself.
+    """
     from transformers import TrainerCallback
 
     from .trainloss import log_when_saving
 
-    class RunCallback(TrainerCallback):  # type: ignore[misc]
-        stage = "during"
+    current = stages or Stages(clean_metrics)
 
+    class RunCallback(TrainerCallback):  # type: ignore[misc]
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
                 display.start(state.max_steps, state.global_step)
@@ -339,191 +377,18 @@ def make_run_callback(run: RunDir, info: RunInfo, hooks: Hooks, display: Display
             if not state.is_world_process_zero or not logs:
                 return
             numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-            record = {"step": state.global_step, "epoch": state.epoch, **numbers}
-            if stage_name:
-                record["stage"] = stage_name
-            run.append_log(record)
+            run.append_log({"step": state.global_step, "epoch": state.epoch, **numbers})
             hooks.on_log(info, state.global_step, numbers)
-            if self.stage == "during":
+            if current.current == "during":
                 display.log(state.global_step, numbers)
 
         def on_evaluate(self, args: Any, state: Any, control: Any,
                         metrics: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-            if not state.is_world_process_zero or not metrics:
+            if not state.is_world_process_zero or not metrics or current.current != "during":
                 return
-            numbers = with_perplexity({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-            if self.stage == "during":
-                hooks.on_evaluate(info, "during", numbers)
+            hooks.on_evaluate(info, "during", current.clean(metrics))
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             display.close()
 
     return RunCallback()
-
-
-#: Bookkeeping values the trainers report with every evaluation; not metrics.
-NOISE_SUFFIXES = ("_runtime", "_per_second", "_model_preparation_time", "epoch", "_num_tokens")
-
-
-def quiet_libraries() -> None:
-    """No library progress bars or load reports: the core's display is the progress."""
-    import os
-
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from datasets.utils.logging import disable_progress_bar as disable_datasets_bars
-    from transformers.utils import logging as hf_logging
-
-    # peft still calls a transformers method that transformers 5 deprecates; not actionable.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    disable_datasets_bars()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def with_perplexity(metrics: Mapping[str, float]) -> dict[str, float]:
-    out = dict(metrics)
-    if "eval_loss" in out and "eval_perplexity" not in out:
-        out["eval_perplexity"] = math.exp(min(out["eval_loss"], 50.0))
-    return out
-
-
-def prepare_trainer(trainer: Any) -> Any:
-    """Remove transformers' own printing callbacks: the core's callback reports progress."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    return trainer
-
-
-def evaluate_stage(trainer: Any, job: TrainingJob, stage: str, loaded: LoadedModel | None,
-                   rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Loss-based metrics from the trainer plus the task's own metrics, reported as ``stage``."""
-    metrics: dict[str, float] = {}
-    if trainer is not None and rows:
-        for callback in trainer.callback_handler.callbacks:
-            if hasattr(callback, "stage"):
-                callback.stage = stage
-        raw = trainer.evaluate()
-        for callback in trainer.callback_handler.callbacks:
-            if hasattr(callback, "stage"):
-                callback.stage = "during"
-        metrics.update(with_perplexity({k: float(v) for k, v in raw.items()
-                                        if isinstance(v, (int, float)) and not k.endswith(NOISE_SUFFIXES)}))
-    if loaded is not None and rows:
-        metrics.update(job.task.evaluate(loaded, rows, config=job.config))
-    if job.head in ("question-answering", "sequence-classification"):
-        metrics.pop("eval_perplexity", None)  # not a language model: perplexity means nothing
-    if metrics:
-        job.report(stage, metrics)
-    return metrics
-
-
-# --- supervised training -------------------------------------------------------------------
-
-def longest_example(dataset: Any, tokenizer: Any) -> int:
-    """Token length of the longest formatted example (prompt + completion, template applied)."""
-    longest = 0
-    for row in dataset:
-        prompt, completion = row.get("prompt"), row.get("completion")
-        if isinstance(prompt, list):
-            ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True)
-            length = len(ids["input_ids"] if isinstance(ids, Mapping) else ids)
-        elif prompt is not None:
-            length = len(tokenizer(prompt + completion)["input_ids"]) + 1
-        elif "text" in row:
-            length = len(tokenizer(row["text"])["input_ids"]) + 1
-        else:
-            length = len(row.get("input_ids", ()))
-        longest = max(longest, length)
-    return longest
-
-
-def choose_max_length(config: Mapping[str, Any], dataset: Any, tokenizer: Any, model: Any,
-                      say: Callable[[str], None]) -> int:
-    """``max_seq_length`` from the config, or from the data and the model when it is null."""
-    if config.get("max_seq_length"):
-        return int(config["max_seq_length"])
-    model_limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
-    longest = longest_example(dataset, tokenizer)
-    chosen = min(int(model_limit), max(8, math.ceil(longest / 8) * 8))
-    say(f"max_seq_length is null: using {chosen} tokens (longest example {longest}, model limit {model_limit})")
-    return chosen
-
-
-def run_supervised(job: TrainingJob, **extra_arguments: Any) -> TrainResult:
-    """Supervised LoRA training: TRL ``SFTTrainer`` for causal LMs (loss on the completion
-    only, EOS learned, chat template applied), the transformers trainers on the task's
-    tokenized features for seq2seq and span heads.
-
-    :param extra_arguments: extra trainer arguments (a strategy's own options).
-    """
-    quiet_libraries()
-    loaded = job.load_model(job.head)
-    tokenizer, model = loaded.tokenizer, loaded.model
-    if job.head == "causal-lm":
-        # Tokenized as TRL would, and cached: unchanged data, tokenizer and template skip
-        # formatting and tokenization on the next run (modelforge_core/datacache.py).
-        from .datacache import cached_sft_dataset
-
-        def prepared(rows: Sequence[Mapping[str, Any]]) -> Any:
-            return cached_sft_dataset(
-                rows, tokenizer, job.config, shape=job.shape, formatter=type(job.task).__module__, say=job.say,
-                build=lambda: job.task.build_dataset(rows, shape=job.shape, tokenizer=tokenizer,
-                                                     config=job.config, head=job.head))
-
-        train_ds = prepared(job.train_rows)
-        eval_ds = prepared(job.eval_rows) if job.eval_rows else None
-    else:
-        train_ds = job.task.build_dataset(job.train_rows, shape=job.shape, tokenizer=tokenizer,
-                                          config=job.config, head=job.head)
-        eval_ds = (job.task.build_dataset(job.eval_rows, shape=job.shape, tokenizer=tokenizer,
-                                          config=job.config, head=job.head) if job.eval_rows else None)
-    args: Any
-    trainer: Any
-    if job.head == "causal-lm":
-        from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
-
-        max_length = choose_max_length(job.config, train_ds, tokenizer, model, job.say)
-        from .preflight import check_completions_fit
-
-        check_completions_fit(train_ds, eval_ds, max_length, packing=job.config["packing"], say=job.say)
-        args = SFTConfig(**job.trainer_arguments(
-            args_class=SFTConfig, has_eval=eval_ds is not None, max_length=max_length,
-            packing=job.config["packing"], completion_only_loss=True, dataset_num_proc=None,
-            **extra_arguments))
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tokenizer, callbacks=job.callbacks)
-    else:
-        from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
-
-        collator = job.task.data_collator(tokenizer, model, job.head)
-        if job.head == "seq2seq-lm":
-            args = Seq2SeqTrainingArguments(**job.trainer_arguments(
-                args_class=Seq2SeqTrainingArguments, has_eval=eval_ds is not None, **extra_arguments))
-            trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                     data_collator=collator, processing_class=tokenizer, callbacks=job.callbacks)
-        else:
-            args = TrainingArguments(**job.trainer_arguments(
-                args_class=TrainingArguments, has_eval=eval_ds is not None, **extra_arguments))
-            trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                              data_collator=collator, processing_class=tokenizer, callbacks=job.callbacks)
-    prepare_trainer(trainer)
-    before: dict[str, float] = {}
-    if job.resume_from is None:
-        before = evaluate_stage(trainer if eval_ds is not None else None, job, "before", loaded, job.eval_rows)
-    else:
-        before = dict(job.previous_metrics_before)
-    output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-    # A stop at the last step interrupts nothing: the run is complete, finish it.
-    if job.stop_requested() and trainer.state.global_step < trainer.state.max_steps:
-        raise Interrupted(f"training interrupted at step {trainer.state.global_step}; a checkpoint was saved")
-    after = evaluate_stage(trainer if eval_ds is not None else None, job, "after", loaded, job.eval_rows)
-    from .trainloss import resumed_step, train_loss_over_all_steps
-
-    after["train_loss"] = train_loss_over_all_steps(trainer, output, resumed_step(job.resume_from))
-    if job.save is not None:
-        job.save(loaded, "adapter")
-    return TrainResult(before, after, int(trainer.state.global_step))

@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from modelforge_core import hookimpl
 from modelforge_core.testing.pytest_plugin import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -28,18 +30,46 @@ def _logits(model: Any, tokenizer: Any, text: str) -> Any:
         return model(**tokenizer(text, return_tensors="pt")).logits
 
 
+class EvaluationRecorder:
+    """A plugin that records what the ``on_evaluate`` hook is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, float]]] = []
+
+    @hookimpl
+    def on_evaluate(self, stage: str, metrics: Mapping[str, float]) -> None:
+        self.calls.append((stage, dict(metrics)))
+
+
 @pytest.fixture(scope="module")
-def trained_io(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One sft run on instruction rows, shared by the assertions below."""
-    from modelforge_core.config import resolve_config
-    from modelforge_core.orchestrate import train
+def evaluations() -> EvaluationRecorder:
+    return EvaluationRecorder()
+
+
+@pytest.fixture(scope="module")
+def trained_io(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory,
+               evaluations: EvaluationRecorder) -> Any:
+    """One sft run on instruction rows, shared by the assertions below; its evaluations recorded."""
+    from modelforge_core.testing import train_config, use_plugins
     from modelforge_core.testing.datasets import text_generation_rows, write_jsonl
-    from modelforge_core.training import Display
 
     root = tmp_path_factory.mktemp("sft-io")
     data = write_jsonl(root / "io.jsonl", text_generation_rows("io"))
     config = tiny_config(tiny_causal_lm, data, num_train_epochs=4, eval_steps=20)
-    return train(resolve_config(config, base_dir=root), display=Display(enabled=False), runs_root=root / "runs")
+    with use_plugins(("evaluation-recorder", evaluations)) as plugins:
+        return train_config(config, root, plugins=plugins)
+
+
+def test_hooks_hear_each_evaluation_once_under_its_stage(trained_io: Any, evaluations: EvaluationRecorder) -> None:
+    """The trainer kit evaluates before and after training inside explicit stages: the hook hears
+    ``before`` first and ``after`` last (never as ``during``), and in between the trainer's own
+    evaluations every ``eval_steps``, cleaned as the stages' metrics are (perplexity, no timings)."""
+    stages = [stage for stage, _ in evaluations.calls]
+    steps = json.loads((trained_io.run_dir / "metrics.json").read_text())["global_step"]
+    assert stages == ["before", *["during"] * (steps // 20), "after"], stages
+    for stage, metrics in evaluations.calls:
+        assert "eval_loss" in metrics and "eval_perplexity" in metrics, stage
+        assert not [key for key in metrics if key.endswith(("_runtime", "_per_second", "epoch"))], (stage, metrics)
 
 
 def test_sft_eval_loss_falls_and_run_folder_is_complete(trained_io: Any) -> None:

@@ -1,5 +1,8 @@
 """The ``modelforge`` command line: a package of small command modules, loaded lazily so that
-``modelforge --help`` and the light commands never import torch."""
+``modelforge --help`` and the light commands never import torch.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
+"""
 
 from __future__ import annotations
 

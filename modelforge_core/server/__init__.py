@@ -9,6 +9,8 @@ restarted server finds its queue and its runs again.
 
 Nothing here imports Starlette at module top except :mod:`.app`; the worker and the job store
 are plain Python.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -133,11 +133,8 @@ def run_training(tmp_path: Path) -> Callable[..., Any]:
     (``run_dir``, ``status``, ``metrics``)."""
 
     def run(config: Mapping[str, Any], *, plugins: Any = None) -> Any:
-        from ..config import resolve_config
-        from ..orchestrate import train
-        from ..training import Display
+        from .runner import train_config
 
-        resolved = resolve_config(dict(config), plugins=plugins, base_dir=tmp_path)
-        return train(resolved, plugins=plugins, display=Display(enabled=False), runs_root=tmp_path / "runs")
+        return train_config(config, tmp_path, plugins=plugins)
 
     return run

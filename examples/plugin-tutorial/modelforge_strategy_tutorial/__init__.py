@@ -54,7 +54,7 @@ class NoisyEmbeddingsSFT(Strategy):
         return None
 
     def train(self, job: TrainingJob) -> TrainResult:
-        from modelforge_core.training import run_supervised
+        from modelforge_core.trainer import run_supervised
 
         options = job.config.get(self.name) or {}
         alpha = float(options.get("neftune_noise_alpha", DEFAULT_NOISE_ALPHA))

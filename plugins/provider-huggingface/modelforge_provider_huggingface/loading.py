@@ -169,11 +169,11 @@ def load(request: LoadRequest) -> LoadedModel:
         model = PeftModel.from_pretrained(model, str(request.adapter_path), adapter_name=request.adapter_name,
                                           is_trainable=request.for_training)
     elif request.new_adapter:
-        saved = list(request.modules_to_save)
+        to_save = list(request.modules_to_save)
         inside = [key for key, _module in model.named_modules()
-                  if any(key == name or key.endswith(f".{name}") or f".{name}." in f".{key}" for name in saved)
-                  and not any(key == name or key.endswith(f".{name}") for name in saved)]
-        model = get_peft_model(model, lora_config(config, request.head, saved, inside),
+                  if any(key == name or key.endswith(f".{name}") or f".{name}." in f".{key}" for name in to_save)
+                  and not any(key == name or key.endswith(f".{name}") for name in to_save)]
+        model = get_peft_model(model, lora_config(config, request.head, to_save, inside),
                                adapter_name=request.adapter_name)
     if not request.for_training:
         model.eval()

@@ -134,4 +134,4 @@ def import_unsloth(*, quiet_order_warning: bool = False) -> ModuleType:
                    f"({type(exc).__name__}: {first_line}): {REMEDY}")
         _import_failure.append(message)
         raise EnvironmentProblem(message) from exc
-    return unsloth
+    return sys.modules[unsloth.__name__]  # the module, typed (unsloth has no type hints)

@@ -88,29 +88,25 @@ def sft_cli(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 @pytest.fixture(scope="module")
 def qlora_run(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """qlora (4-bit nf4 base, unsloth gradient checkpointing) through the API, in this process."""
-    from modelforge_core.config import resolve_config
-    from modelforge_core.orchestrate import train
+    from modelforge_core.testing import train_config
     from modelforge_core.testing.datasets import text_generation_rows, write_jsonl
-    from modelforge_core.training import Display
 
     root = tmp_path_factory.mktemp("unsloth-qlora")
     data = write_jsonl(root / "io.jsonl", text_generation_rows("io"))
     config = _unsloth_config(tiny_causal_lm, data, strategy="qlora", use_4bit=True, gradient_checkpointing=True)
-    return train(resolve_config(config, base_dir=root), display=Display(enabled=False), runs_root=root / "runs")
+    return train_config(config, root)
 
 
 @pytest.fixture(scope="module")
 def dpo_run(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """dpo on preference pairs through the API: the dpo strategy, unchanged, on unsloth's model."""
-    from modelforge_core.config import resolve_config
-    from modelforge_core.orchestrate import train
+    from modelforge_core.testing import train_config
     from modelforge_core.testing.datasets import preference_rows, write_jsonl
-    from modelforge_core.training import Display
 
     root = tmp_path_factory.mktemp("unsloth-dpo")
     data = write_jsonl(root / "pairs.jsonl", preference_rows())
     config = _unsloth_config(tiny_causal_lm, data, strategy="dpo", num_train_epochs=2, learning_rate=1e-3)
-    return train(resolve_config(config, base_dir=root), display=Display(enabled=False), runs_root=root / "runs")
+    return train_config(config, root)
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +161,12 @@ def test_dpo_runs_unchanged_on_the_unsloth_model(dpo_run: Any) -> None:
 def test_loading_for_training_applies_the_config(tiny_causal_lm: Path, tmp_path: Path) -> None:
     """4-bit layers, unsloth's LoRA on the standard projections, the seed and the pad token."""
     from modelforge_core.api import LoadRequest
-    from modelforge_core.config import resolve_config
     from modelforge_core.plugins import load_plugins
+    from modelforge_core.testing import resolved_config
 
     provider = load_plugins(environ={}).registry.providers["unsloth"]
-    config = resolve_config(_unsloth_config(tiny_causal_lm, tmp_path / "unused.jsonl", strategy="qlora",
-                                            use_4bit=True, lora_r=4), base_dir=tmp_path).data
+    config = resolved_config(_unsloth_config(tiny_causal_lm, tmp_path / "unused.jsonl", strategy="qlora",
+                                             use_4bit=True, lora_r=4), base_dir=tmp_path)
 
     def lora_a(seed: int) -> Any:
         loaded = provider.load(LoadRequest(model_name=str(tiny_causal_lm), head="causal-lm",
@@ -195,13 +191,13 @@ def test_loading_for_training_applies_the_config(tiny_causal_lm: Path, tmp_path:
 def test_8bit_is_refused_on_the_cpu_instead_of_silently_training_16bit(tiny_causal_lm: Path,
                                                                      tmp_path: Path) -> None:
     from modelforge_core.api import LoadRequest
-    from modelforge_core.config import resolve_config
     from modelforge_core.errors import EnvironmentProblem
     from modelforge_core.plugins import load_plugins
+    from modelforge_core.testing import resolved_config
 
     provider = load_plugins(environ={}).registry.providers["unsloth"]
-    config = resolve_config(_unsloth_config(tiny_causal_lm, tmp_path / "unused.jsonl", use_4bit=False,
-                                            use_8bit=True), base_dir=tmp_path).data
+    config = resolved_config(_unsloth_config(tiny_causal_lm, tmp_path / "unused.jsonl", use_4bit=False,
+                                             use_8bit=True), base_dir=tmp_path)
     with pytest.raises(EnvironmentProblem, match=r"unsloth loads 8-bit weights only on a GPU.*set use_8bit to false"):
         provider.load(LoadRequest(model_name=str(tiny_causal_lm), head="causal-lm", config=config))
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from modelforge_core.testing import run_split, train_config
 from modelforge_core.testing.datasets import preference_rows, write_jsonl
 from modelforge_core.testing.pytest_plugin import tiny_config
 
@@ -22,21 +23,9 @@ pytestmark = pytest.mark.slow
 MODELFORGE = Path(sys.executable).with_name("modelforge")
 
 
-def train_config(config: dict[str, Any], root: Path) -> Any:
-    from modelforge_core.config import resolve_config
-    from modelforge_core.orchestrate import train
-    from modelforge_core.training import Display
-
-    return train(resolve_config(config, base_dir=root), display=Display(enabled=False), runs_root=root / "runs")
-
-
 def training_rows(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The rows the run trained on: the same seeded split the core made."""
-    from modelforge_core.orchestrate import split_rows
-
-    config = json.loads((run_dir / "config.json").read_text())["config"]
-    train_indices, _ = split_rows(rows, config["eval_split"], config["seed"], "data")
-    return [rows[i] for i in train_indices]
+    return run_split(run_dir, rows)[0]
 
 
 def answer_logps(model: Any, tokenizer: Any, row: Mapping[str, Any]) -> list[tuple[float, int]]:

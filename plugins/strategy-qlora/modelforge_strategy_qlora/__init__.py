@@ -29,7 +29,7 @@ class QLoRAStrategy(Strategy):
         return None
 
     def train(self, job: TrainingJob) -> TrainResult:
-        from modelforge_core.training import run_supervised
+        from modelforge_core.trainer import run_supervised
 
         return run_supervised(job)
 

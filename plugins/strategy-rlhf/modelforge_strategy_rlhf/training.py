@@ -17,16 +17,23 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from modelforge_core.api import LoadedModel, TrainingJob, TrainResult
 from modelforge_core.errors import ConfigError
-from modelforge_core.runs import METRICS_FILE
-from modelforge_core.training import Interrupted, prepare_trainer, quiet_libraries
-from modelforge_core.trainloss import resumed_step, train_loss_over_all_steps
+from modelforge_core.trainer import (
+    build_arguments,
+    clean_metrics,
+    encode_preference,
+    preference_datasets,
+    preference_max_length,
+    preference_sampling,
+    quiet_libraries,
+    train_stage,
+    use_base_as_reference,
+)
 
 REWARD_ADAPTER = "reward_adapter"
 POLICY_ADAPTER = "adapter"
@@ -36,66 +43,6 @@ POLICY_ADAPTER = "adapter"
 
 def is_conversational(prompt: Any) -> bool:
     return isinstance(prompt, list)
-
-
-def answer_messages(completion: Any) -> list[dict[str, str]]:
-    if isinstance(completion, list):
-        return [{"role": m["role"], "content": m["content"]} for m in completion]
-    return [{"role": "assistant", "content": str(completion)}]
-
-
-def encode_scored(tokenizer: Any, prompt: Any, completion: Any) -> list[int]:
-    """Token ids of prompt + completion exactly as ``RewardTrainer`` tokenizes a pair's side:
-    the chat template over the whole conversation, or the plain text followed by EOS."""
-    if is_conversational(prompt):
-        encoded = tokenizer.apply_chat_template(list(prompt) + answer_messages(completion), tokenize=True,
-                                                return_dict=True)
-        return list(encoded["input_ids"])
-    text = completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
-    return list(tokenizer(text=prompt + text + tokenizer.eos_token)["input_ids"])
-
-
-def preference_max_length(config: Mapping[str, Any], datasets: Sequence[Any], tokenizer: Any, model: Any,
-                          say: Callable[[str], None]) -> int:
-    """``max_seq_length`` from the config or, when it is null, from the longest pair and the model."""
-    if config.get("max_seq_length"):
-        return int(config["max_seq_length"])
-    model_limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
-    longest = max((len(encode_scored(tokenizer, row["prompt"], row[side]))
-                   for dataset in datasets if dataset is not None for row in dataset
-                   for side in ("chosen", "rejected")), default=8)
-    chosen = min(int(model_limit), max(8, math.ceil(longest / 8) * 8))
-    say(f"max_seq_length is null: using {chosen} tokens (longest pair {longest}, model limit {model_limit})")
-    return chosen
-
-
-def random_sampling(config: Mapping[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
-    """Trainer overrides that sample at random: transformers groups by length through an
-    ``input_ids`` column, which TRL's preference and prompt datasets do not have."""
-    if config.get("group_by_length"):
-        say("group_by_length: preference pairs and prompts are sampled at random (no single length to group by)")
-    return {"group_by_length": False, "train_sampling_strategy": "random"}
-
-
-def use_base_as_reference(model: Any) -> None:
-    """Make the KL reference the base model with the adapter disabled.
-
-    Handed a PeftModel, TRL cannot tell a fresh adapter from a trained one, so it copies the
-    adapter into a frozen ``ref`` adapter. Ours is fresh (zero-initialised LoRA ``B``): the
-    copy equals the base, so drop it; TRL then disables the adapter for the reference pass.
-    """
-    if "ref" in getattr(model, "peft_config", {}):
-        model.delete_adapter("ref")
-        model.set_adapter("default")
-
-
-def previous_metrics(job: TrainingJob) -> dict[str, Any]:
-    """The metrics an earlier attempt of this run reported (when resuming)."""
-    path = Path(job.run.directory) / METRICS_FILE
-    try:
-        return dict(json.loads(path.read_text("utf-8")))
-    except (OSError, ValueError):
-        return {}
 
 
 def model_device(model: Any) -> Any:
@@ -123,7 +70,7 @@ class RewardModelScorer:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
         pairs = zip(prompts, completions, strict=True)
-        ids = [encode_scored(self.tokenizer, p, c)[: self.max_length] for p, c in pairs]
+        ids = [encode_preference(self.tokenizer, p, c)[: self.max_length] for p, c in pairs]
         was_training = self.model.training
         self.model.eval()
         try:
@@ -201,18 +148,10 @@ def load_reward_model(job: TrainingJob, path: Path) -> LoadedModel:
     return loaded
 
 
-def clear_checkpoints(folder: Path) -> None:
-    """Remove the reward stage's checkpoints, so the run's newest checkpoint is the policy's."""
-    if folder.is_dir():
-        for child in folder.iterdir():
-            if child.is_dir() and child.name.startswith("checkpoint-"):
-                shutil.rmtree(child)
-
-
-def train_reward_model(job: TrainingJob, resume_from: Path | None,
-                       earlier: Mapping[str, Any]) -> tuple[LoadedModel, dict[str, Any]]:
-    """Stage (a): LoRA reward model on the preference pairs, pairwise accuracy before and after."""
-    from trl import RewardConfig, RewardTrainer
+def train_reward_model(job: TrainingJob) -> tuple[LoadedModel, dict[str, Any]]:
+    """Stage (a): LoRA reward model on the preference pairs, pairwise accuracy before and after.
+    When the run resumes, the newest checkpoint is this stage's (stage (b) has not started)."""
+    from trl import RewardConfig, RewardTrainer  # type: ignore[attr-defined]
 
     options = job.config["rlhf"]
     loaded = job.load_model("sequence-classification", num_labels=1)
@@ -221,50 +160,23 @@ def train_reward_model(job: TrainingJob, resume_from: Path | None,
     # EOS the pad token of tokenizers without one).
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-
-    def build(rows: Sequence[Mapping[str, Any]]) -> Any:
-        return job.task.build_dataset(rows, shape="preference", tokenizer=tokenizer, config=job.config,
-                                      head=job.head)
-
-    train_ds = build(job.train_rows)
-    eval_ds = build(job.eval_rows) if job.eval_rows else None
-    max_length = preference_max_length(job.config, [train_ds, eval_ds], tokenizer, model, job.say)
-    args = RewardConfig(**job.trainer_arguments(
-        args_class=RewardConfig, has_eval=eval_ds is not None, max_length=max_length,
+    train_ds, eval_ds = preference_datasets(job, loaded)
+    max_length = preference_max_length(job, (train_ds, eval_ds), tokenizer, model)
+    args = build_arguments(
+        job, RewardConfig, has_eval=eval_ds is not None, max_length=max_length,
         learning_rate=float(options["reward_learning_rate"]), num_train_epochs=int(options["reward_epochs"]),
-        max_steps=-1, dataset_num_proc=None, **random_sampling(job.config, job.say)))
+        max_steps=-1, dataset_num_proc=None, **preference_sampling(job))
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=tokenizer, callbacks=job.callbacks)
     match_head_dtype(model)
-    prepare_trainer(trainer)
     scorer = RewardModelScorer(loaded, max_length, int(job.config["per_device_eval_batch_size"]))
-
-    def measure(stage: str) -> dict[str, float]:
-        if eval_ds is None:
-            return {}
-        metrics = pairwise_metrics(scorer, eval_ds)
-        job.report(stage, metrics)
-        return metrics
-
     job.say("rlhf stage 1 of 2: reward model")
-    before = dict(earlier.get("reward_model_before", {})) if resume_from is not None else measure(
-        "reward_model_before")
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if job.stop_requested() and trainer.state.global_step < trainer.state.max_steps:  # the last step: done
-        raise Interrupted(f"reward model training interrupted at step {trainer.state.global_step}; "
-                          "a checkpoint was saved")
-    after = measure("reward_model_after")
-    after["train_loss"] = train_loss_over_all_steps(trainer, output, resumed_step(resume_from))
-    steps = int(trainer.state.global_step)
-    checkpoints = Path(trainer.args.output_dir)
-    del trainer
-    # Removed before the adapter is saved: a crash in between leaves no checkpoint to resume
-    # from (start again), never a reward checkpoint taken for the policy's.
-    if job.run.is_main_process:
-        clear_checkpoints(checkpoints)
-    if job.save is not None:
-        job.save(loaded, REWARD_ADAPTER)
-    return loaded, {"before": before, "after": after, "global_step": steps, "adapter": REWARD_ADAPTER}
+    measure = None if eval_ds is None else lambda _: pairwise_metrics(scorer, eval_ds)
+    result = train_stage(job, trainer, loaded, measure=measure, clean=clean_metrics,
+                         before="reward_model_before", after="reward_model_after", adapter=REWARD_ADAPTER,
+                         clear_checkpoints=True, name="reward model training")
+    return loaded, {"before": result.metrics_before, "after": result.metrics_after,
+                    "global_step": result.global_step, "adapter": REWARD_ADAPTER}
 
 
 # --- the policy ----------------------------------------------------------------------------
@@ -350,31 +262,27 @@ def generation_batch_size(config: Mapping[str, Any], num_generations: int, proce
     return math.ceil(wanted / unit) * unit
 
 
-def train_policy(job: TrainingJob, scorer: RewardModelScorer,
-                 resume_from: Path | None) -> tuple[LoadedModel, dict[str, Any], int]:
-    """Stage (b): online RLOO or GRPO against the reward model, KL to the base."""
+def train_policy(job: TrainingJob, scorer: RewardModelScorer, *,
+                 resume: bool) -> tuple[LoadedModel, dict[str, Any], int]:
+    """Stage (b): online RLOO or GRPO against the reward model, KL to the base. ``resume``: the
+    run's checkpoint is this stage's."""
     import os
 
     options = job.config["rlhf"]
     algorithm = options["algorithm"]
     if algorithm == "grpo":
-        from trl import GRPOConfig as OnlineConfig
-        from trl import GRPOTrainer as OnlineTrainer
+        from trl import GRPOConfig as OnlineConfig  # type: ignore[attr-defined]
+        from trl import GRPOTrainer as OnlineTrainer  # type: ignore[attr-defined]
     else:
-        from trl import RLOOConfig as OnlineConfig  # type: ignore[assignment]
-        from trl import RLOOTrainer as OnlineTrainer  # type: ignore[assignment]
+        from trl import RLOOConfig as OnlineConfig  # type: ignore[attr-defined,assignment]
+        from trl import RLOOTrainer as OnlineTrainer  # type: ignore[attr-defined,assignment]
     from datasets import Dataset
 
     loaded = job.load_model("causal-lm")
     tokenizer, model = loaded.tokenizer, loaded.model
-
-    def prompts_of(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-        dataset = job.task.build_dataset(rows, shape="preference", tokenizer=tokenizer, config=job.config,
-                                         head="causal-lm")
-        return unique_prompts(dataset)
-
-    train_prompts = prompts_of(job.train_rows)
-    eval_prompts = prompts_of(job.eval_rows) if job.eval_rows else []
+    train_pairs, eval_pairs = preference_datasets(job, loaded, head="causal-lm")
+    train_prompts = unique_prompts(train_pairs)
+    eval_prompts = unique_prompts(eval_pairs) if eval_pairs is not None else []
     num_generations = int(options["num_generations"])
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     per_round = generation_batch_size(job.config, num_generations, processes)
@@ -383,51 +291,39 @@ def train_policy(job: TrainingJob, scorer: RewardModelScorer,
         job.say(f"rlhf: sampling {per_round} completions per round ({per_round // num_generations} prompts "
                 f"x {num_generations} generations), whole groups per prompt")
     eval_batch = math.ceil(int(job.config["per_device_eval_batch_size"]) / num_generations) * num_generations
-    args = OnlineConfig(**job.trainer_arguments(
-        args_class=OnlineConfig, has_eval=bool(eval_prompts), beta=float(options["kl_coef"]),
+    args = build_arguments(
+        job, OnlineConfig, has_eval=bool(eval_prompts), beta=float(options["kl_coef"]),
         num_generations=num_generations, max_completion_length=int(options["max_new_tokens"]),
         temperature=float(options["temperature"]), generation_batch_size=per_round,
         per_device_eval_batch_size=eval_batch, remove_unused_columns=False, log_completions=False,
         # The importance ratio compares log-probs of the same policy at sampling and at the update:
         # dropout noise in between makes it explode.
-        disable_dropout=True, group_by_length=False, train_sampling_strategy="random"))
+        disable_dropout=True, group_by_length=False, train_sampling_strategy="random")
     trainer = OnlineTrainer(
-        model=model, reward_funcs=scorer, args=args,
+        # TRL's hint (a list of float | None, invariant) refuses a scorer of plain floats.
+        model=model, reward_funcs=scorer, args=args,  # type: ignore[arg-type]
         train_dataset=Dataset.from_list([{"prompt": p} for p in train_prompts]),
         eval_dataset=Dataset.from_list([{"prompt": p} for p in eval_prompts]) if eval_prompts else None,
         processing_class=tokenizer, callbacks=job.callbacks)
     use_base_as_reference(model)
-    prepare_trainer(trainer)
     job.say(f"rlhf stage 2 of 2: policy ({algorithm}, {num_generations} generations per prompt)")
     seed = int(job.config["seed"])
     measure_batch = max(1, int(job.config["per_device_eval_batch_size"]))
 
     def measure(stage: str) -> dict[str, float]:
-        if not eval_prompts:
-            return {}
-        metrics = mean_policy_reward(loaded, scorer, eval_prompts, options=options, seed=seed,
-                                     batch_size=measure_batch)
-        job.report(stage, metrics)
-        return metrics
+        return mean_policy_reward(loaded, scorer, eval_prompts, options=options, seed=seed, batch_size=measure_batch)
 
-    before = dict(job.previous_metrics_before) if resume_from is not None else measure("before")
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if job.stop_requested() and trainer.state.global_step < trainer.state.max_steps:  # the last step: done
-        raise Interrupted(f"policy training interrupted at step {trainer.state.global_step}; a checkpoint was saved")
-    after = measure("after")
-    after["train_loss"] = train_loss_over_all_steps(trainer, output, resumed_step(resume_from))
-    steps = int(trainer.state.global_step)
-    if job.save is not None:
-        job.save(loaded, POLICY_ADAPTER)
-    return loaded, {"before": before, "after": after, "global_step": steps, "algorithm": algorithm,
-                    "adapter": POLICY_ADAPTER}, steps
+    result = train_stage(job, trainer, loaded, measure=measure if eval_prompts else None, clean=clean_metrics,
+                         resume=resume, adapter=POLICY_ADAPTER, name="policy training")
+    return loaded, {"before": result.metrics_before, "after": result.metrics_after,
+                    "global_step": result.global_step, "algorithm": algorithm, "adapter": POLICY_ADAPTER}, \
+        result.global_step
 
 
 def train(job: TrainingJob) -> TrainResult:
     """Both stages; the policy's metrics are the run's before/after, each stage's in ``extra``."""
     quiet_libraries()
     options = job.config["rlhf"]
-    earlier = previous_metrics(job) if job.resume_from is not None else {}
     run_path = Path(job.run.directory)
     given = options.get("reward_model_path")
     if given:
@@ -437,19 +333,20 @@ def train(job: TrainingJob) -> TrainResult:
                               "(a LoRA adapter or a sequence-classification model), or set it to null to train one")
         reward = load_reward_model(job, path)
         reward_result: dict[str, Any] = {"path": str(path)}
-        policy_resume = job.resume_from
+        policy_resumes = True
     elif (run_path / REWARD_ADAPTER).is_dir():
         # Resuming after stage (a) finished: its adapter is kept, the checkpoint is the policy's.
         reward = load_reward_model(job, run_path / REWARD_ADAPTER)
+        earlier = job.previous_metrics
         reward_result = {"before": earlier.get("reward_model_before", {}),
                          "after": earlier.get("reward_model_after", {}), "adapter": REWARD_ADAPTER}
-        policy_resume = job.resume_from
+        policy_resumes = True
     else:
-        reward, reward_result = train_reward_model(job, job.resume_from, earlier)
-        policy_resume = None
+        reward, reward_result = train_reward_model(job)
+        policy_resumes = False
     max_length = int(job.config.get("max_seq_length")
                      or getattr(reward.model.config, "max_position_embeddings", None) or 4096)
     scorer = RewardModelScorer(reward, max_length, int(job.config["per_device_eval_batch_size"]))
-    _, policy_result, steps = train_policy(job, scorer, policy_resume)
+    _, policy_result, steps = train_policy(job, scorer, resume=policy_resumes)
     return TrainResult(dict(policy_result["before"]), dict(policy_result["after"]), steps,
                        extra={"reward_model": reward_result, "policy": policy_result})

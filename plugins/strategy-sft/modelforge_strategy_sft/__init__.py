@@ -21,7 +21,7 @@ class SFTStrategy(Strategy):
     fused_loss: ClassVar[bool] = True
 
     def train(self, job: TrainingJob) -> TrainResult:
-        from modelforge_core.training import run_supervised
+        from modelforge_core.trainer import run_supervised
 
         return run_supervised(job)
 

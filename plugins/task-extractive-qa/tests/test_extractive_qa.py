@@ -310,9 +310,7 @@ def trained_qa(tiny_qa_encoder: Path, tmp_path_factory: pytest.TempPathFactory, 
     """
     import torch
 
-    from modelforge_core.config import resolve_config
-    from modelforge_core.orchestrate import train
-    from modelforge_core.training import Display
+    from modelforge_core.testing import train_config
 
     root = tmp_path_factory.mktemp("qa-run")
     dataset = write_jsonl(root / "sightings.jsonl", sighting_rows())
@@ -320,9 +318,8 @@ def trained_qa(tiny_qa_encoder: Path, tmp_path_factory: pytest.TempPathFactory, 
         tiny_qa_encoder, dataset, task="extractive-question-answering",
         per_device_train_batch_size=8, num_train_epochs=6, learning_rate=6e-3, max_seq_length=64,
         seed=42, logging_steps=20)  # lora_target_modules: the default all-linear
-    resolved = resolve_config(config, base_dir=root)
     torch.manual_seed(0)
-    return train(resolved, display=Display(enabled=False), runs_root=root / "runs")
+    return train_config(config, root)
 
 
 @pytest.mark.slow
@@ -344,15 +341,14 @@ def test_qa_adapter_reloads_with_peft_and_answers(trained_qa: Any) -> None:
 
     from modelforge_core.api import LoadedModel
     from modelforge_core.inference import load_trained
-    from modelforge_core.orchestrate import split_rows
+    from modelforge_core.testing import run_split
 
     adapter = trained_qa.run_dir / "adapter"
     model = AutoPeftModelForQuestionAnswering.from_pretrained(adapter)
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     run_config = json.loads((trained_qa.run_dir / "config.json").read_text("utf-8"))["config"]
     rows = sighting_rows()
-    _, held_out = split_rows(rows, run_config["eval_split"], run_config["seed"], "sightings.jsonl")
-    eval_rows = [rows[i] for i in held_out]
+    _, eval_rows = run_split(trained_qa.run_dir, rows)
     with torch.no_grad():
         answers = predict_answers(LoadedModel(model, tokenizer, "question-answering", "peft"), eval_rows, run_config)
     golds = [row["answers"]["text"] for row in eval_rows]

@@ -55,7 +55,7 @@ def format_prompt(row_or_text: Mapping[str, Any] | str, tokenizer: Any, task: Te
     Accepts a plain string, ``{"input"[, "system"]}``, ``{"prompt"}`` or ``{"messages"}``
     (the conversation so far, ending with the user's turn).
     """
-    row = {"input": row_or_text} if isinstance(row_or_text, str) else dict(row_or_text)
+    row: dict[str, Any] = {"input": row_or_text} if isinstance(row_or_text, str) else dict(row_or_text)
     if "messages" in row:
         messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
     elif "prompt" in row:
