@@ -8,6 +8,8 @@ fragment and on the effective schema. Without Node.js the check cannot run: :fun
 returns ``None`` and the callers say so.
 
 Importing this module is cheap.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

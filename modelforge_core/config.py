@@ -547,7 +547,9 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     defaults = schema_defaults(schema, [s for s in selected if s])
     profile_name = user["compute_specs"]
     strategy = plugins.registry.strategies.get(str(selected[1]))
-    profile = profile_values(profile_name, user, needs_4bit=bool(strategy and strategy.needs_4bit))
+    probe = {**dict(zip(("task", "strategy", "provider"), selected)), **user}
+    needs_4bit = strategy.needs_4bit if strategy is not None else _schema_forces_4bit(schema, probe)
+    profile = profile_values(profile_name, user, needs_4bit=bool(needs_4bit))
     sources: dict[str, str] = {}
     _record(sources, defaults, "default")
     _record(sources, profile, f"profile:{profile_name}")
@@ -563,3 +565,15 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     values.update((k, v) for k, v in merged.items() if k not in values)
     return ResolvedConfig(values, sources, file)
 
+
+
+def _schema_forces_4bit(schema: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    """Whether a rule of ``schema`` requires ``use_4bit: true`` for ``config``: what the profile
+    must respect when the strategy's plugin is not installed to say it (:attr:`Strategy.needs_4bit`)."""
+    from jsonschema import Draft202012Validator
+
+    for rule in schema.get("allOf", ()):
+        forced = rule.get("then", {}).get("properties", {}).get("use_4bit", {})
+        if forced.get("const") is True and "if" in rule and Draft202012Validator(rule["if"]).is_valid(config):
+            return True
+    return False

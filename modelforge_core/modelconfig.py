@@ -2,6 +2,8 @@
 so they pick the same head for the same model.
 
 Nothing is downloaded and nothing heavy is imported.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Checks between tokenization and the first training step: what ``validate`` cannot know
-without the tokenizer, said in one sentence instead of a crash deep inside a library."""
+without the tokenizer, said in one sentence instead of a crash deep inside a library.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
+"""
 
 from __future__ import annotations
 

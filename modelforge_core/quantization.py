@@ -14,6 +14,8 @@ The core calls :func:`keep_4bit_trainable` on every model a provider loads (trai
 :func:`four_bit_guard_callback` undoes the layout before training starts or resumes after an
 evaluation, should anything else have packed a layer. Nothing here imports torch or bitsandbytes
 at module level.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

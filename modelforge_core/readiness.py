@@ -6,6 +6,8 @@ plugin of each selected component, and what that component needs (``check_enviro
 ``modelforge validate`` reports the answer as warnings (exit 0); ``train``, ``plan`` and the
 server's job submission refuse with :class:`~modelforge_core.errors.EnvironmentProblem` (exit 3)
 before anything heavy loads. Nothing here imports torch.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ file without truncating it and writes nothing else.
 Under ``accelerate launch`` the main process holds the lock for the whole group (the other
 processes write nothing into the run folder). The server's jobs run ``modelforge train`` in a
 process of their own, which takes the lock like any other.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

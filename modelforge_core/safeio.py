@@ -10,6 +10,8 @@ blocking. The caller parses the returned bytes and fingerprints the same bytes
 (:func:`fingerprint_bytes`), never a second read of the path.
 
 No heavy imports: this runs in ``modelforge validate``.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

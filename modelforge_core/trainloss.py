@@ -7,6 +7,8 @@ resume it forgets the steps before the checkpoint, and a resume from the last ch
 trainer log at every step it saves a checkpoint (:func:`log_when_saving`), so the intervals cover
 every step up to the checkpoint. Summing ``loss x interval length`` up to the resumed step, plus
 the current process's mean over its own steps, gives the mean over all steps.
+
+Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
 """
 
 from __future__ import annotations

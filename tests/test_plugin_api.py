@@ -97,7 +97,7 @@ def third_party() -> Plugins:
 def _run_of(tmp_path: Path, task: str) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"config": {"task": task}}), "utf-8")
+    (run / "config.json").write_text(json.dumps({"config": {"task": task, "model_name": "tiny"}}), "utf-8")
     return run
 
 
