@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .api import LoadedModel, RunInfo, TrainingJob, TrainResult
 from .errors import EnvironmentProblem, ModelForgeError
+from .speedups import SPEED_FIELDS, check_loaded_model, machine_problems, trainer_options
 
 if TYPE_CHECKING:
     from .plugins import Hooks
@@ -70,12 +71,13 @@ FIELDS_USED_ELSEWHERE: Mapping[str, str] = {
     "bnb_4bit_compute_dtype": "provider: BitsAndBytesConfig.bnb_4bit_compute_dtype",
     "bnb_4bit_quant_type": "provider: BitsAndBytesConfig.bnb_4bit_quant_type",
     "use_nested_quant": "provider: BitsAndBytesConfig.bnb_4bit_use_double_quant",
-    "packing": "sft: SFTConfig.packing",
+    "packing": "sft: SFTConfig.packing, best-fit and padding-free (speedups.trainer_options)",
     "max_seq_length": "sft: SFTConfig.max_length (and the provider for unsloth)",
     "eval_split": "core: the seeded train/eval split",
     "output_dir": "core: the run folder",
     "trust_remote_code": "provider: from_pretrained(trust_remote_code=...)",
     "allow_pickle_weights": "provider: from_pretrained(use_safetensors=...)",
+    **SPEED_FIELDS,
 }
 
 
@@ -123,6 +125,7 @@ def check_precision(config: Mapping[str, Any], hardware: Hardware) -> None:
     quantized = config.get("use_4bit") or config.get("use_8bit")
     problems = precision_problems(config, device=hardware.device, device_name=hardware.name, fp16=hardware.fp16,
                                   bf16=bf16, bitsandbytes=bitsandbytes_status(hardware.device) if quantized else None)
+    problems += machine_problems(config, hardware.device)
     if problems:
         raise EnvironmentProblem("\n".join(problems))
 
@@ -204,6 +207,7 @@ def trainer_arguments(config: Mapping[str, Any], *, output_dir: str, logging_dir
 
     if not torch.cuda.is_available() and "use_cpu" in fields:
         kwargs["use_cpu"] = True
+    kwargs.update(trainer_options(config, fields))
     kwargs.update(overrides)
     return {k: v for k, v in kwargs.items() if k in fields}
 
@@ -457,6 +461,7 @@ def run_supervised(job: TrainingJob, **extra_arguments: Any) -> TrainResult:
     quiet_libraries()
     loaded = job.load_model(job.head)
     tokenizer, model = loaded.tokenizer, loaded.model
+    check_loaded_model(model, job.config)
     if job.head == "causal-lm":
         # Tokenized as TRL would, and cached: unchanged data, tokenizer and template skip
         # formatting and tokenization on the next run (modelforge_core/datacache.py).
