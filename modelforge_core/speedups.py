@@ -32,9 +32,11 @@ SPEED_FIELDS: Mapping[str, str] = {
 }
 
 #: Attention implementations that keep packed examples apart in a padding-free batch: flash
-#: attention through the sequence boundaries (``cu_seq_lens``), sdpa through the block-diagonal
-#: mask transformers builds from the restarting position ids (``masking_utils.find_packed_sequence_indices``).
-PACKING_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
+#: attention through the sequence boundaries (``cu_seq_lens``), sdpa and flex attention through
+#: the block-diagonal mask transformers builds from the restarting position ids
+#: (``masking_utils.find_packed_sequence_indices``; unsloth may choose flex attention itself).
+#: Eager would get that mask too, but holds (batch x length)^2 scores per head: the schema refuses it.
+PACKING_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 def machine_problems(config: Mapping[str, Any], device: str) -> list[str]:
@@ -85,6 +87,6 @@ def check_loaded_model(model: Any, config: Mapping[str, Any]) -> None:
     if not config.get("packing"):
         return
     reported = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if reported is not None and reported not in PACKING_ATTENTION:
+    if isinstance(reported, str) and reported not in PACKING_ATTENTION:
         raise UsageError(f"packing needs sdpa or flash_attention_2 attention, and {config.get('model_name')} loaded "
                           f"with {reported}: set attention_implementation to sdpa (or packing to false)")
