@@ -22,7 +22,8 @@ FULL = {
 SMOKE = {
     "cli": ["cli/bench_cli.py", "--runs", "1", "--heavy-runs", "0", "--rows", "200"],
     "data": ["data/bench_data.py", "--rows", "300", "--trl-rows", "40"],
-    "overhead": ["overhead/bench_overhead.py", "--runs", "1", "--steps", "2", "--batch", "2", "--hidden", "64",
+    "overhead": ["overhead/bench_overhead.py", "--runs", "1", "--steps", "3", "--logging-steps", "1", "--batch", "2",
+                 "--hidden", "64",
                  "--layers", "2", "--seq", "32", "--no-profile"],
 }
 

@@ -547,7 +547,7 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     defaults = schema_defaults(schema, [s for s in selected if s])
     profile_name = user["compute_specs"]
     strategy = plugins.registry.strategies.get(str(selected[1]))
-    probe = {**dict(zip(("task", "strategy", "provider"), selected)), **user}
+    probe = {**dict(zip(("task", "strategy", "provider"), selected, strict=True)), **user}
     needs_4bit = strategy.needs_4bit if strategy is not None else _schema_forces_4bit(schema, probe)
     profile = profile_values(profile_name, user, needs_4bit=bool(needs_4bit))
     sources: dict[str, str] = {}

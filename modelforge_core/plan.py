@@ -19,6 +19,12 @@ The estimate follows what the huggingface provider and TRL's trainers really kee
 - **logits**: ``tokens x vocabulary x (element size + 10)`` bytes (the logits, their fp32 copy,
   the log-softmax and its gradient), except under TRL's SFT and DPO trainers, whose fused LM
   head computes the loss in tiles and never holds the full logits.
+- **the speed options**: ``attention_implementation: eager`` materializes each layer's attention
+  scores; ``packing`` (padding-free) makes a batch one row of batch x sequence tokens, which with
+  sdpa needs a block-diagonal mask of that length squared (flash attention needs none) and with
+  eager scores of that length squared; ``liger_kernel``'s fused SwiGLU and RMSNorm keep fewer
+  MLP and norm tensors; ``neftune_noise_alpha`` keeps a noisy copy of the embeddings;
+  ``torch_compile`` is not counted (its fusions save memory, so the plan errs on the safe side).
 - **overhead**: the CUDA context and workspaces (0.75 GiB) or, on a CPU, the Python process
   with torch and transformers loaded (1.5 GiB), plus 5% for allocator fragmentation.
 
@@ -81,6 +87,7 @@ class Block:
     other_parameters: int  # norms and other non-linear parameters of one block
     cross_attention: bool = False
     eager_heads: int = 0
+    heads: int = 0  # attention heads (query), for attention_implementation eager
 
 
 @dataclass(frozen=True)
@@ -218,7 +225,7 @@ def _decoder(cfg: Mapping[str, Any], model_type: str) -> Architecture:
     tied = cfg.get("tie_word_embeddings")
     if tied is None:
         tied = model_type in TIED_BY_DEFAULT
-    block = Block(layers, hidden, q_dim, kv_dim, mlp_width, gated, linears, per_block)
+    block = Block(layers, hidden, q_dim, kv_dim, mlp_width, gated, linears, per_block, heads=heads)
     return Architecture(model_type or "decoder", "decoder", hidden, vocab, (block,), vocab * hidden, norm,
                         bool(tied), cfg.get("max_position_embeddings"))
 
@@ -355,6 +362,11 @@ class Settings:
     fused_loss: bool = False
     #: From the provider (:attr:`Provider.kbit_upcasts_to_fp32`).
     kbit_upcast: bool = True
+    attention: str | None = None  # attention_implementation; None: the model's default (sdpa)
+    packing: bool = False
+    liger_kernel: bool = False
+    torch_compile: bool = False
+    neftune: bool = False
 
 
 @dataclass(frozen=True)
@@ -410,8 +422,11 @@ def _block_bytes(block: Block, settings: Settings, size: int) -> float:
     elements = block.hidden + 3 * block.q_dim + 2 * block.kv_dim  # q/k/v input, q, k, v, output, o input
     if block.cross_attention:
         elements += block.hidden + 3 * block.q_dim + 2 * block.kv_dim
-    elements += block.hidden + (4 if block.gated else 2) * block.mlp_width
-    norms = (3 if block.cross_attention else 2) * block.hidden * 4  # norms keep an fp32 copy of their input
+    # Liger's fused SwiGLU keeps its two inputs only, its RMSNorm the input and one scale per row.
+    gated_kept = 2 if settings.liger_kernel else 4
+    elements += block.hidden + (gated_kept if block.gated else 2) * block.mlp_width
+    norm_bytes = size if settings.liger_kernel else 4
+    norms = (3 if block.cross_attention else 2) * block.hidden * norm_bytes  # norms keep an fp32 copy of their input
     dropout = 0.0
     if settings.lora_dropout > 0:  # each adapted layer's dropout keeps a mask and the dropped input
         dropout = sum(lin.in_features for lin in block.linears if _targeted(lin, settings.lora_targets)) * (size + 1)
@@ -419,11 +434,23 @@ def _block_bytes(block: Block, settings: Settings, size: int) -> float:
 
 
 def _scores_bytes(block: Block, settings: Settings, size: int) -> float:
-    """Bytes per sequence of materialized attention scores (scores, softmax in fp32, dropout mask)."""
-    if not block.eager_heads:
+    """Bytes per sequence of materialized attention scores (scores, softmax in fp32, dropout mask);
+    a padding-free packed batch is one sequence of batch x sequence tokens."""
+    heads = block.eager_heads or (block.heads if settings.attention == "eager" else 0)
+    if not heads:
         return 0.0
     maps = 2 if block.cross_attention else 1
-    return maps * block.eager_heads * settings.sequence ** 2 * (size + 4 + 1)
+    length = settings.sequence * (settings.batch if settings.packing else 1)
+    return maps * heads * length ** 2 * (size + 4 + 1)
+
+
+def _packing_mask_bytes(settings: Settings, size: int) -> float:
+    """sdpa on a padding-free packed batch: the block-diagonal mask transformers builds from the
+    position ids, (batch x sequence) squared booleans, and the additive bias sdpa makes of it.
+    flash attention needs none (it reads the sequence boundaries)."""
+    if not settings.packing or (settings.attention or "sdpa").startswith("flash"):
+        return 0.0
+    return float((settings.batch * settings.sequence) ** 2 * (1 + size))
 
 
 def estimate(arch: Architecture, settings: Settings, device: str) -> Estimate:
@@ -431,6 +458,8 @@ def estimate(arch: Architecture, settings: Settings, device: str) -> Estimate:
     size = _element_size(settings)
     tokens = settings.batch * settings.sequence * settings.sequences_per_example
     sequences = settings.batch * settings.sequences_per_example
+    if settings.packing:
+        sequences = 1  # padding-free: the batch's examples laid end to end in one row
     # Weights.
     other = arch.parameters(settings.head) - arch.linear_parameters
     if settings.quantization and settings.kbit_upcast:
@@ -453,6 +482,9 @@ def estimate(arch: Architecture, settings: Settings, device: str) -> Estimate:
     else:
         activations = sum(b.count * one for b, one in per_block) + largest
     activations += tokens * arch.hidden * (size + 4)  # embedding output, final norm
+    if settings.neftune:
+        activations += tokens * arch.hidden * size  # NEFTune's noisy copy of the embeddings
+    activations += _packing_mask_bytes(settings, size)
     # Logits.
     if settings.head in ("causal-lm", "seq2seq-lm"):
         if settings.head == "causal-lm" and settings.fused_loss:
@@ -637,6 +669,9 @@ def settings_for(config: Mapping[str, Any], arch: Architecture, head: str,
         sequences_per_example=max(1, int(parts.strategy.sequences_per_example)) if parts.strategy else 1,
         fused_loss=bool(parts.strategy and parts.strategy.fused_loss),
         kbit_upcast=bool(parts.provider.kbit_upcasts_to_fp32) if parts.provider else True,
+        attention=config.get("attention_implementation"), packing=bool(config.get("packing")),
+        liger_kernel=bool(config.get("liger_kernel")), torch_compile=bool(config.get("torch_compile")),
+        neftune=config.get("neftune_noise_alpha") is not None,
     ), notes
 
 
@@ -711,6 +746,12 @@ def make_plan(config: Mapping[str, Any], target: MemoryTarget | None, *,
     for component in (components.task, components.strategy, components.provider):
         if component is not None and component.memory_note:
             plan.notes.append(component.memory_note)
+    if settings.torch_compile:
+        plan.notes.append("torch_compile: not counted; inductor's fused kernels usually keep fewer activations, "
+                          "so the estimate stays on the safe side")
+    if settings.packing and settings.attention != "flash_attention_2":
+        plan.notes.append("packing with sdpa: counts the (batch x max_seq_length)-squared mask of a padding-free "
+                          "batch; flash_attention_2 needs none")
     device = target.device if target else "cuda"
     result = estimate(arch, settings, device)
     plan.architecture = {

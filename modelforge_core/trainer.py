@@ -276,6 +276,10 @@ def supervised_trainer(job: TrainingJob, loaded: LoadedModel, *, for_training: b
     as in training, nothing else.
     """
     tokenizer, model = loaded.tokenizer, loaded.model
+    if for_training:
+        from .speedups import check_loaded_model
+
+        check_loaded_model(model, job.config)
 
     def build(rows: Sequence[Mapping[str, Any]]) -> Any:
         return job.task.build_dataset(rows, shape=job.shape, tokenizer=tokenizer, config=job.config, head=job.head)

@@ -30,6 +30,7 @@ from .errors import EnvironmentProblem
 # Moved to errors.py and the trainer kit; imported back (explicit re-exports) for code written
 # against 0.1. New code imports modelforge_core.trainer.
 from .errors import Interrupted as Interrupted  # noqa: PLC0414
+from .speedups import SPEED_FIELDS, machine_problems, trainer_options
 from .trainer import NOISE_SUFFIXES as NOISE_SUFFIXES  # noqa: PLC0414
 from .trainer import choose_max_length as choose_max_length  # noqa: PLC0414
 from .trainer import clean_metrics
@@ -87,12 +88,13 @@ FIELDS_USED_ELSEWHERE: Mapping[str, str] = {
     "bnb_4bit_compute_dtype": "provider: BitsAndBytesConfig.bnb_4bit_compute_dtype",
     "bnb_4bit_quant_type": "provider: BitsAndBytesConfig.bnb_4bit_quant_type",
     "use_nested_quant": "provider: BitsAndBytesConfig.bnb_4bit_use_double_quant",
-    "packing": "strategy: SFTConfig.packing (TRL's supervised trainer)",
+    "packing": "strategy: SFTConfig.packing, best-fit and padding-free (speedups.trainer_options)",
     "max_seq_length": "strategy: SFTConfig.max_length (and the provider, for providers that load with it)",
     "eval_split": "core: the seeded train/eval split",
     "output_dir": "core: the run folder",
     "trust_remote_code": "provider: from_pretrained(trust_remote_code=...)",
     "allow_pickle_weights": "provider: from_pretrained(use_safetensors=...)",
+    **SPEED_FIELDS,
 }
 
 
@@ -137,6 +139,7 @@ def check_precision(config: Mapping[str, Any], hardware: Hardware, plugins: Plug
     problems = precision_problems(config, device=hardware.device, device_name=hardware.name, fp16=hardware.fp16,
                                   bf16=bf16, bitsandbytes=bitsandbytes_status(hardware.device) if quantized else None,
                                   plugins=plugins)
+    problems += machine_problems(config, hardware.device)
     if problems:
         raise EnvironmentProblem("\n".join(problems))
 
@@ -218,6 +221,7 @@ def trainer_arguments(config: Mapping[str, Any], *, output_dir: str, logging_dir
 
     if not torch.cuda.is_available() and "use_cpu" in fields:
         kwargs["use_cpu"] = True
+    kwargs.update(trainer_options(config, fields))
     kwargs.update(overrides)
     return {k: v for k, v in kwargs.items() if k in fields}
 

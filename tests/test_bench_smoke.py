@@ -44,13 +44,17 @@ def test_data_benchmark_reports_both_runs_and_the_ratio(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_overhead_benchmark_compares_both_sides(tmp_path: Path) -> None:
     results = {r["side"]: r for r in run_smoke("overhead", tmp_path)}
-    assert {"modelforge train", "plain TRL + peft", "comparison"} <= set(results)
+    assert {"modelforge train", "plain TRL + peft", "comparison", "per_step_costs"} <= set(results)
     for side in ("modelforge train", "plain TRL + peft"):
         assert float(results[side]["tokens_per_s"]) > 0  # type: ignore[arg-type]
+        assert float(results[side]["loop_tokens_per_s"]) > 0  # type: ignore[arg-type]
         assert float(results[side]["num_tokens"]) > 0  # type: ignore[arg-type]
     assert results["modelforge train"]["num_tokens"] == results["plain TRL + peft"]["num_tokens"], \
         "both sides must train on the same tokens"
-    assert "throughput_ratio" in results["comparison"]
+    assert "throughput_ratio" in results["comparison"] and len(results["comparison"]["pair_ratios"]) == 1  # type: ignore[arg-type]
+    costs = results["per_step_costs"]
+    assert {"callback step end (per step)", "JSONL line + hooks (per log)", "TensorBoard scalars + flush (per log)",
+            "progress line (per log)"} <= set(costs)
 
 
 def test_gpu_benchmark_is_one_prepared_script() -> None:

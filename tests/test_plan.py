@@ -175,6 +175,39 @@ def test_lora_parameters_follow_rank_targets_and_optimizer() -> None:
     assert estimate(QWEN, _settings(optimizer="sgd"), "cuda").lora == all_linear.lora_parameters * 8
 
 
+def test_each_speed_option_is_counted_in_the_estimate() -> None:
+    base = estimate(QWEN, _settings(), "cuda")
+    # eager attention keeps every layer's scores: heads x sequence^2 x (bf16 scores, fp32 softmax, mask)
+    eager = estimate(QWEN, _settings(attention="eager"), "cuda")
+    # (24 layers, plus the largest block once more for its gradients during the backward pass)
+    assert eager.activations - base.activations == pytest.approx(25 * 8 * 14 * 1024**2 * 7, rel=0.001)
+    # packing with sdpa: one padding-free row of 8 x 1024 tokens and its (8192)^2 mask; flash needs no mask
+    packed = estimate(QWEN, _settings(packing=True, attention="sdpa"), "cuda")
+    assert packed.activations - base.activations == pytest.approx(8192**2 * 3, rel=0.001)
+    assert estimate(QWEN, _settings(packing=True, attention="flash_attention_2"), "cuda") == base
+    # Liger's fused SwiGLU and RMSNorm keep less; NEFTune a noisy copy of the embeddings
+    liger = estimate(QWEN, _settings(liger_kernel=True), "cuda")
+    assert liger.activations < 0.8 * base.activations and liger.weights == base.weights
+    neftune = estimate(QWEN, _settings(neftune=True), "cuda")
+    assert neftune.activations - base.activations == 8 * 1024 * 896 * 2
+    assert estimate(QWEN, _settings(torch_compile=True), "cuda") == base
+
+
+def test_the_plan_reads_the_speed_options_from_the_config(shapes: dict[str, Path],
+                                                          builtin_plugins: Plugins) -> None:
+    from modelforge_core.plan import make_plan
+
+    config = {"task": "text-generation", "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "dataset": "none.jsonl",
+              "per_device_train_batch_size": 8, "max_seq_length": 1024, "use_4bit": False, "bf16": True,
+              "gradient_checkpointing": False, "lora_dropout": 0.0, "optim": "adamw_torch"}
+    plain = make_plan(config, None, plugins=builtin_plugins)
+    options = make_plan({**config, "attention_implementation": "sdpa", "packing": True, "liger_kernel": True,
+                         "neftune_noise_alpha": 5, "torch_compile": False}, None, plugins=builtin_plugins)
+    assert options.settings["packing"] and options.settings["liger_kernel"] and options.settings["neftune"]
+    assert options.parts_gb["activations"] != plain.parts_gb["activations"]
+    assert any("packing with sdpa" in note for note in options.notes)
+
+
 @pytest.mark.parametrize(("settings", "measured_gib"), [
     ({}, 12.6),  # TRL SFTTrainer, batch 8
     ({"batch": 16}, 24.1),  # TRL SFTTrainer, batch 16

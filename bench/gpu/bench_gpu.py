@@ -16,6 +16,11 @@ Runs, each in its own process (``python bench/gpu/bench_gpu.py one NAME``):
   sequence and steps kept at the anchor's
 - ``mf_hf_bs16_packed``: huggingface provider, batch 16, packing
 - ``mf_unsloth_bs8`` / ``mf_unsloth_bs16``: ``modelforge train``, unsloth provider
+- each speed option alone on ``mf_hf_bs8`` (huggingface, batch 8): ``mf_hf_bs8_packed``
+  (padding-free packing, sdpa), ``mf_hf_bs8_flash`` (attention_implementation flash_attention_2),
+  ``mf_hf_bs8_eager`` (eager attention), ``mf_hf_bs8_liger`` (liger_kernel), ``mf_hf_bs8_compile``
+  (torch_compile), ``mf_hf_bs8_neftune`` (neftune_noise_alpha 5). Where the machine lacks
+  flash-attn or liger-kernel, that run is refused (exit 3) and the table says so.
 
 Each prints tokens/s, seconds per step, model FLOPs utilisation (against PEAK_TFLOPS, default
 790 like the anchor) and peak GPU memory. Goals, against ``plain_peft_bs8`` in the same run:
@@ -43,8 +48,18 @@ ANCHOR = {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "
 TINY = {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2}
 STEPS, WARM = 25, 5
-RUNS = ("plain_peft_bs8", "plain_trl_bs8", "plain_trl_bs16", "plain_trl_bs16_packed", "mf_hf_bs8", "mf_hf_high_end",
-        "mf_hf_bs16_packed", "mf_unsloth_bs8", "mf_unsloth_bs16")
+RUNS = ("plain_peft_bs8", "plain_trl_bs8", "plain_trl_bs16", "mf_hf_bs8", "mf_hf_high_end", "mf_unsloth_bs8",
+        "mf_unsloth_bs16", "mf_hf_bs8_packed", "mf_hf_bs8_liger", "mf_hf_bs8_flash", "mf_hf_bs8_compile",
+        "mf_hf_bs8_eager", "mf_hf_bs8_neftune", "plain_trl_bs16_packed", "mf_hf_bs16_packed")
+#: The speed options, each alone on mf_hf_bs8: the run name's suffix -> config values.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "packed": {"packing": True, "attention_implementation": "sdpa"},
+    "flash": {"attention_implementation": "flash_attention_2"},
+    "eager": {"attention_implementation": "eager"},
+    "liger": {"liger_kernel": True},
+    "compile": {"torch_compile": True},
+    "neftune": {"neftune_noise_alpha": 5.0},
+}
 GOALS = {"mf_hf_high_end": 1.5, "mf_unsloth_bs16": 2.5}
 
 
@@ -226,12 +241,16 @@ def modelforge(name: str, folder: Path) -> dict[str, Any]:
         config.update({"per_device_train_batch_size": batch, "gradient_accumulation_steps": 1, "use_4bit": False,
                        "use_8bit": False, "gradient_checkpointing": False, "optim": "adamw_torch",
                        "packing": "packed" in name, "bf16": cuda, "fp16": False})
+    for suffix, values in OPTIONS.items():
+        if provider == "huggingface" and name.endswith("_" + suffix):
+            config.update(values)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     resolved = resolve_config(config, base_dir=folder)
     print(f"{name}: resolved " + json.dumps({k: resolved[k] for k in (
         "per_device_train_batch_size", "gradient_accumulation_steps", "packing", "use_4bit", "gradient_checkpointing",
-        "optim", "bf16") if k in resolved}), flush=True)
+        "optim", "bf16", "attention_implementation", "liger_kernel", "torch_compile", "neftune_noise_alpha")
+        if k in resolved}), flush=True)
     outcome = train(resolved, display=Display(enabled=False))
     records = [json.loads(line) for line in (outcome.run_dir / "log.jsonl").read_text().splitlines()]
     steps = {int(r["step"]): float(r["time"]) for r in records if "loss" in r}
@@ -259,6 +278,10 @@ def run_all(out: Path, runs: list[str], timeout: int) -> int:
         lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]
         if lines:
             results[name] = json.loads(lines[-1][7:])
+        elif status == 3:
+            refused = [line for line in log.read_text().splitlines() if "needs" in line][-1:]
+            print(f"{name}: refused by this machine: {refused[0] if refused else 'see ' + str(log)}", flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))  # kept if a later run times out
         print(f"{name}: exit {status} in {time.time() - started:.0f} s; "
               f"{json.dumps(results.get(name)) if name in results else 'no result, see ' + str(log)}", flush=True)
     base = results.get("plain_peft_bs8")
@@ -297,8 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.work or tempfile.mkdtemp())
     if args.name.startswith("plain"):
         plain(args.name, folder)
-    else:
+        return 0
+    from modelforge_core.errors import ModelForgeError
+
+    try:
         modelforge(args.name, folder)
+    except ModelForgeError as exc:  # a refusal (exit 3: this machine lacks what the option needs)
+        print(f"{args.name}: {exc}", flush=True)
+        return exc.exit_code
     return 0
 
 

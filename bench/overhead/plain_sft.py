@@ -65,7 +65,7 @@ def main(config_path: str, result_path: str) -> int:
     Path(result_path).write_text(json.dumps({
         "started": STARTED, "first_log": records[0]["time"], "last_log": records[-1]["time"], "finished": time.time(),
         "train_runtime": output.metrics["train_runtime"], "num_tokens": tokens, "steps": trainer.state.global_step,
-        "train_loss": output.training_loss}))
+        "train_loss": output.training_loss, "logs": [r for r in records if "loss" in r]}))
     return 0
 
 

@@ -138,6 +138,8 @@ def load(request: LoadRequest) -> LoadedModel:
         kwargs["quantization_config"] = quant
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if config.get("attention_implementation"):
+        kwargs["attn_implementation"] = config["attention_implementation"]
     if request.head == "sequence-classification":
         kwargs["num_labels"] = request.num_labels or 1
         if request.label_names:
