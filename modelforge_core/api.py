@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import Problem
+from .rowformats import RowFormat
 
 #: Model heads a provider can load and a task can ask for.
 HEADS = ("causal-lm", "seq2seq-lm", "question-answering", "sequence-classification")
@@ -96,6 +97,11 @@ class Task(Component):
     data_shapes: ClassVar[frozenset[str]] = frozenset({"supervised"})
     #: The row formats, for error messages: ``{"supervised": ['{"input", "output"}']}``.
     row_formats: ClassVar[Mapping[str, Sequence[str]]] = {}
+    #: The row formats it reads, recognised by their keys (see :mod:`modelforge_core.rowformats`):
+    #: its own and common outside ones (``ALPACA``, ``SHAREGPT``, ``MESSAGES``). A row key no
+    #: format uses is an error, and so is a row two formats match. Empty: no key check, rows go
+    #: to :meth:`row_shape` as they are.
+    formats: ClassVar[Sequence[RowFormat]] = ()
 
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         """Which data shape ``row`` has, or ``None`` when it has none the task knows.

@@ -352,7 +352,11 @@ def resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     out = dict(values)
     for key in PATH_FIELDS:
         value = out.get(key)
-        if isinstance(value, str) and value.strip():
+        if key == "dataset" and key in out:  # also hub datasets, source objects and mixtures
+            from .sources import resolve_locations
+
+            out[key] = resolve_locations(value, base)
+        elif isinstance(value, str) and value.strip():
             path = Path(value).expanduser()
             out[key] = str(path if path.is_absolute() else (base / path).resolve())
     model = out.get(MODEL_FIELD)
@@ -423,8 +427,11 @@ def root_problems(values: Mapping[str, Any], root: Path) -> list[Problem]:
     """Paths that escape ``root`` (a frontend's ``--data-root``), symlinks resolved."""
     problems = []
     allowed = root.resolve()
-    for key in (*PATH_FIELDS, MODEL_FIELD):
-        value = values.get(key)
+    from .sources import locations
+
+    checked = [(key, values.get(key)) for key in (*PATH_FIELDS, MODEL_FIELD) if key != "dataset"]
+    checked += [("dataset", value) for value in locations(values.get("dataset"))]
+    for key, value in checked:
         if not isinstance(value, str) or not value.strip():
             continue
         if key == MODEL_FIELD and not Path(value).is_absolute():

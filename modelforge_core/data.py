@@ -32,12 +32,22 @@ class Dataset:
     lines: list[int]
     shape: str
     shapes: Counter[str] = field(default_factory=Counter)
+    #: ``sha256:...`` over the content read (one file: its bytes), for the manifest and resume.
+    fingerprint: str = ""
+    #: Each source: name, kind, fingerprint (and hub revision), rows read and used, formats, mapping.
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    #: Rows by recognised row format (``alpaca``, ``sharegpt``, ...).
+    formats: dict[str, int] = field(default_factory=dict)
+    #: What the user should know (a location that could have been two things).
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"{len(self.rows)} rows OK ({self.shape})"
+        formats = ", ".join(f"{count} {name}" for name, count in sorted(self.formats.items()))
+        return f"{len(self.rows)} rows OK ({self.shape}{': ' + formats if formats else ''})"
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "rows": len(self.rows), "shape": self.shape}
+        return {"file": self.file, "rows": len(self.rows), "shape": self.shape, "fingerprint": self.fingerprint,
+                "formats": self.formats, "sources": self.sources, "notes": self.notes}
 
 
 class _Collector:
@@ -119,41 +129,7 @@ def check_dataset(config: Mapping[str, Any], *, plugins: Plugins | None = None,
     :param path: check this file instead of ``config["dataset"]``.
     :param shape: the data shape expected; default: the configured strategy's.
     """
+    from .dataload import load_dataset_rows
     from .plugins import get_plugins
 
-    plugins = plugins or get_plugins()
-    task = plugins.registry.tasks[config["task"]]
-    strategy = plugins.registry.strategies[config["strategy"]]
-    expected = shape or strategy.data_shape
-    file = Path(path or config["dataset"])
-    collector = _Collector(str(path or config["dataset"]))
-    rows: list[dict[str, Any]] = []
-    lines: list[int] = []
-    shapes: Counter[str] = Counter()
-    formats = task.row_formats.get(expected, ())
-    for line, row in iter_rows(file, collector):
-        if not isinstance(row, dict):
-            collector.add(line, "(row)", f"a row must be a JSON object, got {type(row).__name__}", "type")
-            continue
-        row_shape = task.row_shape(row)
-        if row_shape is None:
-            collector.add(line, "(row)", f"fields {sorted(row)} match no {task.name} row format",
-                          "shape", f"expected one of: {'; '.join(formats)}" if formats else None)
-            continue
-        shapes[row_shape] += 1
-        if row_shape != expected:
-            collector.add(line, "(row)",
-                          f"a {row_shape} row, but strategy {strategy.name!r} trains on {expected} rows",
-                          "wrong_shape", f"expected one of: {'; '.join(formats)}" if formats else None)
-            continue
-        problems = task.check_row(row, row_shape)
-        for problem in problems:
-            collector.add(line, problem.path, problem.message, problem.code, problem.hint)
-        if not problems:
-            rows.append(row)
-            lines.append(line)
-    if not collector.problems and not collector.omitted and not rows:
-        collector.add(None, "dataset", "the dataset has no rows", "empty_file")
-    if collector.problems or collector.omitted:
-        raise collector.fail()
-    return Dataset(str(file), rows, lines, expected, shapes)
+    return load_dataset_rows(config, plugins=plugins or get_plugins(), path=path, shape=shape)

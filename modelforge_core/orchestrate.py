@@ -105,8 +105,9 @@ def build_manifest(config: Mapping[str, Any], plugins: Plugins, data: Dataset, h
         "platform": platform.platform(),
         "hardware": {"device": hardware.device, "name": hardware.name, "bf16": hardware.bf16,
                      "fp16": hardware.fp16, "cpu_count": os.cpu_count(), "processes": processes},
-        "data": {"file": data.file, "fingerprint": fingerprint_file(data.file), "rows": len(data.rows),
-                 "train_rows": len(split[0]), "eval_rows": len(split[1]), "shape": data.shape},
+        "data": {"file": data.file, "fingerprint": data.fingerprint, "rows": len(data.rows),
+                 "train_rows": len(split[0]), "eval_rows": len(split[1]), "shape": data.shape,
+                 "formats": data.formats, "sources": data.sources, "notes": data.notes},
         "seed": config["seed"],
         "effective_batch_size": effective,
         "trust_remote_code": bool(config.get("trust_remote_code")),
@@ -174,7 +175,7 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         if checkpoint is None:
             raise RunError(f"{resume} has no complete checkpoint to resume from; start a new run instead")
         manifest = run.read_json(MANIFEST_FILE)
-        if manifest["data"]["fingerprint"] != fingerprint_file(data.file):
+        if manifest["data"]["fingerprint"] != data.fingerprint:
             raise RunError(f"the dataset {data.file} changed since {resume} started: resuming would train "
                            "on different data; start a new run instead")
         if run.file(METRICS_FILE).is_file():

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from modelforge_core import hookimpl
 from modelforge_core.api import LoadedModel, Task
 from modelforge_core.errors import Problem
+from modelforge_core.rowformats import RowFormat, native
 
 
 def check_answers(row: Mapping[str, Any]) -> list[Problem]:
@@ -57,6 +58,10 @@ class ExtractiveQA(Task):
     row_formats: ClassVar[Mapping[str, Sequence[str]]] = {
         "supervised": ('{"context": ..., "question": ..., "answers": {"text": [...], "answer_start": [...]}}',),
     }
+    formats: ClassVar[Sequence[RowFormat]] = (
+        native("squad", {"context", "question", "answers"}, {"id", "title"},
+               description='{"context", "question", "answers": {"text", "answer_start"}[, "id", "title"]}'),
+    )
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Windowing and span decoding for extractive question answering.",
         "properties": {

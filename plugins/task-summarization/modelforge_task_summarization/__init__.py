@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from modelforge_core import hookimpl
 from modelforge_core.api import LoadedModel, Task
 from modelforge_core.errors import Problem
+from modelforge_core.rowformats import RowFormat, native
 
 #: Model types whose config says "encoder-decoder" even without ``is_encoder_decoder``.
 SEQ2SEQ_TYPES = frozenset({"t5", "mt5", "bart", "mbart", "pegasus", "led", "longt5", "umt5", "flan-t5"})
@@ -22,6 +23,9 @@ class Summarization(Task):
     row_formats: ClassVar[Mapping[str, Sequence[str]]] = {
         "supervised": ('{"document": ..., "summary": ...}',),
     }
+    formats: ClassVar[Sequence[RowFormat]] = (
+        native("document_summary", {"document", "summary"}, {"id"}, description='{"document", "summary"[, "id"]}'),
+    )
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Generation settings for the summaries scored with ROUGE.",
         "properties": {

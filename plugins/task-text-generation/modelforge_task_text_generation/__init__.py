@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from modelforge_core import hookimpl
 from modelforge_core.api import LoadedModel, Task
 from modelforge_core.errors import Problem
+from modelforge_core.rowformats import ALPACA, MESSAGES, SHAREGPT, RowFormat, native
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -66,6 +67,15 @@ class TextGeneration(Task):
                        '{"prompt": ..., "completion": ...}'),
         "preference": ('{"prompt": ..., "chosen": ..., "rejected": ...}',),
     }
+    formats: ClassVar[Sequence[RowFormat]] = (
+        native("input_output", {"input", "output"}, {"system"}, description='{"input", "output"[, "system"]}'),
+        MESSAGES,
+        native("prompt_completion", {"prompt", "completion"}, description='{"prompt", "completion"}'),
+        native("preference", {"prompt", "chosen", "rejected"}, shape="preference",
+               description='{"prompt", "chosen", "rejected"}'),
+        ALPACA,
+        SHAREGPT,
+    )
 
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         if "chosen" in row or "rejected" in row:

@@ -1,0 +1,190 @@
+"""Reading every source of a config's ``dataset``, recognising each row's format, checking the
+rows with the task, and mixing several sources: what ``modelforge_core.data.check_dataset`` does.
+
+Every problem is collected (a screenful, then a count) and reported at once, each named by its
+source and its line (text files) or row index (parquet, arrow, hub datasets), before any model
+is loaded. No heavy imports unless a source needs them (pyarrow for parquet/arrow,
+huggingface_hub for the hub).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import Problem, ValidationFailed
+from .rowformats import detect
+from .sources import SourceProblem, SourceRows, SourceSpec, choose_source, source_specs
+
+if TYPE_CHECKING:
+    from .data import Dataset
+    from .plugins import Plugins
+
+
+class _Problems:
+    """All problems of all sources, the first :data:`modelforge_core.data.MAX_PROBLEMS` in full."""
+
+    def __init__(self) -> None:
+        from .data import MAX_PROBLEMS
+
+        self.limit = MAX_PROBLEMS
+        self.problems: list[Problem] = []
+        self.omitted = 0
+
+    def add(self, problem: Problem) -> None:
+        if len(self.problems) < self.limit:
+            self.problems.append(problem)
+        else:
+            self.omitted += 1
+
+
+def _where(read: SourceRows, index: int, ref: int) -> dict[str, Any]:
+    file = read.files[index] if read.files else read.name
+    return {"file": file, "row": ref} if read.unit == "row" else {"file": file, "line": ref}
+
+
+def _base_dir(config: Mapping[str, Any]) -> Path:
+    file = getattr(config, "file", None)
+    return Path(file).resolve().parent if file else Path.cwd()
+
+
+def _sample(count: int, keep: int, rng: random.Random) -> list[int]:
+    """``keep`` indices out of ``count``: a seeded sample without repeats while it can, then
+    whole passes again (upsampling), in source order within each pass."""
+    chosen: list[int] = []
+    while keep - len(chosen) >= count:
+        chosen += range(count)
+    rest = keep - len(chosen)
+    return chosen + sorted(rng.sample(range(count), rest)) if rest else chosen
+
+
+def mix(counts: list[int], specs: list[SourceSpec], seed: int) -> list[list[int]]:
+    """Which rows of each source the run uses: ``fraction`` keeps that share of a source;
+    when any source has a ``weight``, the mixture keeps the total row count and gives each
+    source ``weight / sum(weights)`` of it (a source without one weighs 1), upsampling a small
+    source by repeating it. Seeded by the config's ``seed``."""
+    rng = random.Random(seed)
+    kept = []
+    for count, spec in zip(counts, specs, strict=True):
+        fraction = spec.fraction if spec.fraction is not None else 1.0
+        kept.append(max(1, round(count * fraction)) if count else 0)
+    if any(spec.weight is not None for spec in specs):
+        weights = [spec.weight if spec.weight is not None else 1.0 for spec in specs]
+        total = sum(kept)
+        kept = [max(1, round(total * w / sum(weights))) if c else 0 for w, c in zip(weights, counts, strict=True)]
+    return [_sample(count, keep, rng) for count, keep in zip(counts, kept, strict=True)]
+
+
+def load_dataset_rows(config: Mapping[str, Any], *, plugins: Plugins, path: str | Path | None = None,
+                      shape: str | None = None) -> Dataset:
+    """Read, recognise, check and mix the rows of ``config["dataset"]`` (or of the file ``path``)."""
+    from .data import Dataset
+
+    task = plugins.registry.tasks[config["task"]]
+    strategy = plugins.registry.strategies[config["strategy"]]
+    expected = shape or strategy.data_shape
+    specs = source_specs(config["dataset"])
+    if path is not None:
+        first = specs[0] if len(specs) == 1 else SourceSpec(str(path))
+        specs = [SourceSpec(str(path), format=first.format, columns=first.columns,
+                            ignore_columns=first.ignore_columns, raw=first.raw)]
+    formats = tuple(task.formats)
+    sources = dict(sorted(plugins.registry.sources.items(), key=lambda item: item[0] == "local"))
+    base = _base_dir(config)
+    collected = _Problems()
+    notes: list[str] = []
+    per_source: list[tuple[SourceSpec, SourceRows, list[dict[str, Any]], list[int], Counter[str]]] = []
+    shapes: Counter[str] = Counter()
+    for spec in specs:
+        before = len(collected.problems) + collected.omitted
+        try:
+            source, spec, chosen_notes = choose_source(spec, sources, base)
+            notes += chosen_notes
+            read = source.read(spec)
+        except SourceProblem as exc:
+            collected.add(Problem("dataset", str(exc), hint=exc.hint, code=exc.code, file=spec.path))
+            continue
+        notes += read.notes
+        for problem in read.problems:
+            collected.add(problem)
+        rows: list[dict[str, Any]] = []
+        refs: list[int] = []
+        found: Counter[str] = Counter()
+        for index, (ref, raw_row) in enumerate(read.rows):
+            where = _where(read, index, ref)
+            if not isinstance(raw_row, dict):
+                collected.add(Problem("(row)", f"a row must be a JSON object, got {type(raw_row).__name__}",
+                                      code="type", **where))
+                continue
+            row: dict[str, Any] = raw_row
+            if spec.columns or spec.ignore_columns:
+                from .rowformats import apply_columns
+
+                row, mapping_problems = apply_columns(raw_row, spec.columns, spec.ignore_columns)
+                for problem in mapping_problems:
+                    collected.add(Problem(problem.path, problem.message, problem.hint, problem.code, **where))
+                if mapping_problems:
+                    continue
+            fmt_name = None
+            if formats:
+                detected = detect(row, formats, forced=spec.format, task=task.name)
+                if detected.row is None or detected.format is None:
+                    for problem in detected.problems:
+                        collected.add(Problem(problem.path, problem.message, problem.hint, problem.code, **where))
+                    continue
+                row, fmt_name = detected.row, detected.format.name
+            row_shape = task.row_shape(row)
+            if row_shape is None:
+                described = task.row_formats.get(expected, ())
+                collected.add(Problem("(row)", f"fields {sorted(row)} match no {task.name} row format", code="shape",
+                                      hint=f"expected one of: {'; '.join(described)}" if described else None,
+                                      **where))
+                continue
+            shapes[row_shape] += 1
+            if row_shape != expected:
+                described = task.row_formats.get(expected, ())
+                collected.add(Problem("(row)", f"a {row_shape} row, but strategy {strategy.name!r} trains on "
+                                      f"{expected} rows", code="wrong_shape",
+                                      hint=f"expected one of: {'; '.join(described)}" if described else None,
+                                      **where))
+                continue
+            problems = task.check_row(row, row_shape)
+            for problem in problems:
+                collected.add(Problem(problem.path, problem.message, problem.hint, problem.code, **where))
+            if not problems:
+                rows.append(row)
+                refs.append(ref)
+                found[fmt_name or "task"] += 1
+        if not rows and len(collected.problems) + collected.omitted == before:
+            collected.add(Problem("dataset", "the dataset has no rows", code="empty_file", file=read.name))
+        per_source.append((spec, read, rows, refs, found))
+    if collected.problems or collected.omitted:
+        subject = f"dataset {specs[0].path}" if len(specs) == 1 else f"dataset ({len(specs)} sources)"
+        raise ValidationFailed(collected.problems, subject=subject, omitted=collected.omitted)
+    chosen = mix([len(rows) for _, _, rows, _, _ in per_source], [s for s, *_ in per_source], int(config.get("seed", 42)))
+    all_rows: list[dict[str, Any]] = []
+    all_refs: list[int] = []
+    described_sources = []
+    formats_seen: Counter[str] = Counter()
+    for (spec, read, rows, refs, found), indices in zip(per_source, chosen, strict=True):
+        all_rows += [rows[i] for i in indices]
+        all_refs += [refs[i] for i in indices]
+        formats_seen.update(found)
+        described_sources.append({
+            "name": read.name, **read.info, "fingerprint": read.fingerprint, "rows": len(rows),
+            "used_rows": len(indices), "formats": dict(found),
+            **{k: v for k, v in spec.mapping().items() if v not in (None, {}, [])}})
+    if len(per_source) == 1 and len(chosen[0]) == len(per_source[0][2]):
+        name, fingerprint = per_source[0][1].name, per_source[0][1].fingerprint
+    else:
+        name = " + ".join(read.name for _, read, *_ in per_source)
+        fingerprint = "sha256:" + hashlib.sha256(json.dumps(
+            [[s["fingerprint"], s["used_rows"], s.get("weight"), s.get("fraction")] for s in described_sources]
+            + [config.get("seed")]).encode()).hexdigest()
+    return Dataset(name, all_rows, all_refs, expected, shapes, fingerprint=fingerprint, sources=described_sources,
+                   formats=dict(formats_seen), notes=notes)
