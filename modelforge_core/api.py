@@ -270,3 +270,5 @@ class TrainingJob:
     previous_metrics_before: dict[str, float] = field(default_factory=dict)
     #: The core's run folder object (``modelforge_core.runs.RunDir``), for extra outputs.
     run_dir: Any = None
+    #: Each data source's fingerprint and mapping (format, columns, split, ...), for the data cache key.
+    data_sources: list[dict[str, Any]] = field(default_factory=list)

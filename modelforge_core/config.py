@@ -305,6 +305,8 @@ class ResolvedConfig(Mapping[str, Any]):
     data: dict[str, Any]
     sources: dict[str, str]
     file: str | None = None
+    #: The folder relative paths were resolved against (``owner/name`` datasets are decided there).
+    base_dir: str | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -497,7 +499,7 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     # Schema order, so `--resolved` reads like the reference; plugin options last.
     values = {k: _normalized(merged[k], props.get(k, {})) for k in props if k in merged}
     values.update((k, v) for k, v in merged.items() if k not in values)
-    return ResolvedConfig(values, sources, file)
+    return ResolvedConfig(values, sources, file, str(base))
 
 
 def _environment_problems(values: Mapping[str, Any], plugins: Plugins) -> list[Problem]:

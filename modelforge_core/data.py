@@ -40,6 +40,8 @@ class Dataset:
     formats: dict[str, int] = field(default_factory=dict)
     #: What the user should know (a location that could have been two things).
     notes: list[str] = field(default_factory=list)
+    #: Where each row came from (``file:line`` or ``file row N``), in the order of :attr:`rows`.
+    where: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         formats = ", ".join(f"{count} {name}" for name, count in sorted(self.formats.items()))

@@ -49,8 +49,8 @@ def _where(read: SourceRows, index: int, ref: int) -> dict[str, Any]:
 
 
 def _base_dir(config: Mapping[str, Any]) -> Path:
-    file = getattr(config, "file", None)
-    return Path(file).resolve().parent if file else Path.cwd()
+    base = getattr(config, "base_dir", None)
+    return Path(base) if base else Path.cwd()
 
 
 def _sample(count: int, keep: int, rng: random.Random) -> list[int]:
@@ -98,7 +98,7 @@ def load_dataset_rows(config: Mapping[str, Any], *, plugins: Plugins, path: str 
     base = _base_dir(config)
     collected = _Problems()
     notes: list[str] = []
-    per_source: list[tuple[SourceSpec, SourceRows, list[dict[str, Any]], list[int], Counter[str]]] = []
+    per_source: list[tuple[SourceSpec, SourceRows, list[dict[str, Any]], list[int], Counter[str], list[str]]] = []
     shapes: Counter[str] = Counter()
     for spec in specs:
         before = len(collected.problems) + collected.omitted
@@ -114,6 +114,7 @@ def load_dataset_rows(config: Mapping[str, Any], *, plugins: Plugins, path: str 
             collected.add(problem)
         rows: list[dict[str, Any]] = []
         refs: list[int] = []
+        places: list[str] = []
         found: Counter[str] = Counter()
         for index, (ref, raw_row) in enumerate(read.rows):
             where = _where(read, index, ref)
@@ -159,21 +160,25 @@ def load_dataset_rows(config: Mapping[str, Any], *, plugins: Plugins, path: str 
             if not problems:
                 rows.append(row)
                 refs.append(ref)
+                places.append(f"{where['file']} row {ref}" if "row" in where else f"{where['file']}:{ref}")
                 found[fmt_name or "task"] += 1
         if not rows and len(collected.problems) + collected.omitted == before:
             collected.add(Problem("dataset", "the dataset has no rows", code="empty_file", file=read.name))
-        per_source.append((spec, read, rows, refs, found))
+        per_source.append((spec, read, rows, refs, found, places))
     if collected.problems or collected.omitted:
         subject = f"dataset {specs[0].path}" if len(specs) == 1 else f"dataset ({len(specs)} sources)"
         raise ValidationFailed(collected.problems, subject=subject, omitted=collected.omitted)
-    chosen = mix([len(rows) for _, _, rows, _, _ in per_source], [s for s, *_ in per_source], int(config.get("seed", 42)))
+    chosen = mix([len(entry[2]) for entry in per_source], [entry[0] for entry in per_source],
+                 int(config.get("seed", 42)))
     all_rows: list[dict[str, Any]] = []
     all_refs: list[int] = []
+    all_places: list[str] = []
     described_sources = []
     formats_seen: Counter[str] = Counter()
-    for (spec, read, rows, refs, found), indices in zip(per_source, chosen, strict=True):
+    for (spec, read, rows, refs, found, places), indices in zip(per_source, chosen, strict=True):
         all_rows += [rows[i] for i in indices]
         all_refs += [refs[i] for i in indices]
+        all_places += [places[i] for i in indices]
         formats_seen.update(found)
         described_sources.append({
             "name": read.name, **read.info, "fingerprint": read.fingerprint, "rows": len(rows),
@@ -187,4 +192,4 @@ def load_dataset_rows(config: Mapping[str, Any], *, plugins: Plugins, path: str 
             [[s["fingerprint"], s["used_rows"], s.get("weight"), s.get("fraction")] for s in described_sources]
             + [config.get("seed")]).encode()).hexdigest()
     return Dataset(name, all_rows, all_refs, expected, shapes, fingerprint=fingerprint, sources=described_sources,
-                   formats=dict(formats_seen), notes=notes)
+                   formats=dict(formats_seen), notes=notes, where=all_places)

@@ -20,6 +20,7 @@ from . import __version__
 from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
+from .sources import MAPPING_KEYS
 from .errors import ModelForgeError, Problem, RunError, ValidationFailed
 from .plugins import Plugins, get_plugins
 from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
@@ -247,6 +248,8 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag)], head=head,
         resume_from=checkpoint, save=save, report=report, say=display.message,
         stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
+        data_sources=[{"fingerprint": s["fingerprint"], "mapping": {k: s.get(k) for k in MAPPING_KEYS}}
+                      for s in data.sources],
     )
     display.message(f"run folder: {run.path}")
     try:

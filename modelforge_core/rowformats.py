@@ -188,22 +188,33 @@ def detect(row: Mapping[str, Any], formats: Sequence[RowFormat], *, forced: str 
         converted = dict(row) if fmt.convert is None else fmt.convert(row)
         return Detected(converted, fmt)
     known = set().union(*(f.keys for f in formats)) if formats else set()
-    scope = candidates or formats
-    unknown = sorted(keys - known) if forced is None else sorted(keys - candidates[0].keys)
+    scope = candidates or list(formats)
+    # The nearest formats, for the message only: most required keys present, fewest keys extra.
+    def closeness(f: RowFormat) -> tuple[int, int]:
+        return len(f.required & keys), -len(keys - f.keys)
+
+    best = max((closeness(f) for f in scope), default=(0, 0))
+    near = [f for f in scope if closeness(f) == best] if best[0] else []
+    hint = ('map it with "columns" or drop it with "ignore_columns" on the dataset; '
+            f"formats: {hint_formats}")
     problems = []
-    for key in unknown:
-        problems.append(Problem(key, f"no {task} row format has a field {key!r}", code="unknown_field",
-                                hint='map it with "columns" or drop it with "ignore_columns" on the dataset; '
-                                     f"formats: {hint_formats}"))
-    if not unknown:
-        near = [f for f in scope if keys <= f.keys]
-        best = max((len(f.required & keys) for f in near), default=0)
-        near = [f for f in near if len(f.required & keys) == best]  # for the message only
-        if len(near) == 1:
-            for key in sorted(near[0].required - keys):
-                problems.append(Problem(key, "missing field", code="missing_field",
-                                        hint=f"a {near[0].name} row has {near[0].description or sorted(near[0].required)}"))
-        else:
+    if len(near) == 1:
+        fmt = near[0]
+        for key in sorted(keys - fmt.keys):
+            if key in known:
+                owners = ", ".join(f.name for f in formats if key in f.keys)
+                message = f"field {key!r} is not in the {fmt.name} row format (only in: {owners})"
+            else:
+                message = f"no {task} row format has a field {key!r}"
+            problems.append(Problem(key, message, code="unknown_field", hint=hint))
+        for key in sorted(fmt.required - keys):
+            problems.append(Problem(key, "missing field", code="missing_field",
+                                    hint=f"a {fmt.name} row has {fmt.description or sorted(fmt.required)}"))
+    else:
+        for key in sorted(keys - known):
+            problems.append(Problem(key, f"no {task} row format has a field {key!r}", code="unknown_field",
+                                    hint=hint))
+        if not problems:
             problems.append(Problem("(row)", f"fields {sorted(keys)} match no {task} row format", code="shape",
                                     hint=f"expected one of: {hint_formats}"))
     return Detected(None, None, problems)

@@ -48,6 +48,8 @@ HUB_PATTERN = re.compile(r"hf://(?P<repo>[\w.-]+/[\w.-]+)(?:/(?P<subset>[\w.-]+)
 HUB_LIKE = re.compile(r"[\w][\w.-]*/[\w][\w.-]*")
 #: Files in a folder that are never data.
 NOT_DATA = frozenset({"dataset_info.json", "state.json", "dataset_dict.json"})
+#: The options of a source that decide which rows it gives and how they map (data cache key).
+MAPPING_KEYS = ("format", "columns", "ignore_columns", "split", "subset", "revision", "weight", "fraction")
 KNOWN_SPLITS = ("train", "validation", "valid", "dev", "eval", "test")
 
 

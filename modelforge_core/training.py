@@ -465,6 +465,7 @@ def run_supervised(job: TrainingJob, **extra_arguments: Any) -> TrainResult:
         def prepared(rows: Sequence[Mapping[str, Any]]) -> Any:
             return cached_sft_dataset(
                 rows, tokenizer, job.config, shape=job.shape, formatter=type(job.task).__module__, say=job.say,
+                sources=job.data_sources,
                 build=lambda: job.task.build_dataset(rows, shape=job.shape, tokenizer=tokenizer,
                                                      config=job.config, head=job.head))
 
