@@ -107,7 +107,8 @@ def load_dataset_rows(config: Mapping[str, Any], *, plugins: Plugins, path: str 
             notes += chosen_notes
             read = source.read(spec)
         except SourceProblem as exc:
-            collected.add(Problem("dataset", str(exc), hint=exc.hint, code=exc.code, file=spec.path))
+            collected.add(Problem("(row)" if exc.line else "dataset", str(exc), hint=exc.hint, code=exc.code,
+                                  file=exc.file or spec.path, line=exc.line))
             continue
         notes += read.notes
         for problem in read.problems:

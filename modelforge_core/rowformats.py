@@ -198,7 +198,10 @@ def detect(row: Mapping[str, Any], formats: Sequence[RowFormat], *, forced: str 
     hint = ('map it with "columns" or drop it with "ignore_columns" on the dataset; '
             f"formats: {hint_formats}")
     problems = []
-    if len(near) == 1:
+    if not near and not keys & known:
+        problems.append(Problem("(row)", f"fields {sorted(keys)} match no {task} row format", code="shape",
+                                hint=f'map them with "columns" on the dataset; formats: {hint_formats}'))
+    elif len(near) == 1:
         fmt = near[0]
         for key in sorted(keys - fmt.keys):
             if key in known:

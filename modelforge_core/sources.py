@@ -130,9 +130,12 @@ class DataSource(Component):
 # --- reading local bytes safely ----------------------------------------------------------------
 
 class SourceProblem(Exception):
-    def __init__(self, message: str, code: str, hint: str | None = None) -> None:
+    """A source that cannot be read at all (missing, not a regular file, not UTF-8, ...)."""
+
+    def __init__(self, message: str, code: str, hint: str | None = None, *, file: str | None = None,
+                 line: int | None = None) -> None:
         super().__init__(message)
-        self.code, self.hint = code, hint
+        self.code, self.hint, self.file, self.line = code, hint, file, line
 
 
 def read_regular(path: Path) -> bytes:
@@ -140,7 +143,7 @@ def read_regular(path: Path) -> bytes:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise SourceProblem("no such file or folder", "missing_file",
+        raise SourceProblem("dataset file not found", "missing_file",
                             "dataset paths in a config file are relative to the config file's folder") from None
     except OSError as exc:
         raise SourceProblem(f"cannot read the dataset: {exc.strerror}", "unreadable") from None
@@ -162,8 +165,8 @@ def _decode(raw: bytes) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise SourceProblem(f"not UTF-8 text (byte {exc.start}, line {line})", "encoding",
-                            "save the file as UTF-8") from None
+        raise SourceProblem(f"not UTF-8 text (byte {exc.start})", "encoding", "save the file as UTF-8",
+                            line=line) from None
 
 
 def parse_json_rows(raw: bytes, suffix: str, problems: list[Problem], name: str) -> list[tuple[int, Any]]:
@@ -254,6 +257,14 @@ def arrow_table(raw: bytes, suffix: str) -> Any:
 
 def read_file(path: Path, name: str, problems: list[Problem]) -> tuple[list[tuple[int, Any]], str, bytes]:
     """Rows of one local file, their unit (``line``/``row``), and the bytes read."""
+    try:
+        return _read_file(path, name, problems)
+    except SourceProblem as exc:
+        exc.file = exc.file or name
+        raise
+
+
+def _read_file(path: Path, name: str, problems: list[Problem]) -> tuple[list[tuple[int, Any]], str, bytes]:
     suffix = path.suffix.lower()
     raw = read_regular(path)
     if suffix in (".jsonl", ".json") or suffix not in FILE_SUFFIXES:

@@ -86,6 +86,6 @@ def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_dat
             click.secho(f"note: {note}", fg="yellow", err=True)
         click.echo(f"{data_summary.file}: {data_summary.describe()}")
     if preview is not None:
-        click.echo(preview.text(color=click.get_text_stream("stdout").isatty()))
+        click.echo(preview.text(color=True))  # click drops the colour when stdout is no terminal
     if resolved:
         print_resolved(result.data, result.sources)
