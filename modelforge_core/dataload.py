@@ -100,10 +100,11 @@ def load_dataset_rows(config: Mapping[str, Any], *, plugins: Plugins, path: str 
     notes: list[str] = []
     per_source: list[tuple[SourceSpec, SourceRows, list[dict[str, Any]], list[int], Counter[str], list[str]]] = []
     shapes: Counter[str] = Counter()
-    for spec in specs:
+    for given in specs:
         before = len(collected.problems) + collected.omitted
+        spec = given
         try:
-            source, spec, chosen_notes = choose_source(spec, sources, base)
+            source, spec, chosen_notes = choose_source(given, sources, base)
             notes += chosen_notes
             read = source.read(spec)
         except SourceProblem as exc:

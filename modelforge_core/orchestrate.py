@@ -20,11 +20,11 @@ from . import __version__
 from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
-from .sources import MAPPING_KEYS
 from .errors import ModelForgeError, Problem, RunError, ValidationFailed
 from .plugins import Plugins, get_plugins
 from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
 from .schema import schema_version
+from .sources import MAPPING_KEYS
 from .training import Display, Interrupted, StopFlag, catch_interruptions, make_run_callback
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "unsloth")

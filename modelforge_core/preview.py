@@ -109,7 +109,7 @@ def show(config: Mapping[str, Any], data: Dataset, count: int, *, plugins: Plugi
     shown = []
     for index in range(min(count, len(ids_all))):
         ids, mask = list(ids_all[index]), list(masks_all[index])
-        shown.append(ShownRow(index, data.where[index] if index < len(data.where) else data.file, len(ids), sum(mask), _segments(tokenizer, ids, mask),
-                              ids, mask))
+        where = data.where[index] if index < len(data.where) else data.file
+        shown.append(ShownRow(index, where, len(ids), sum(mask), _segments(tokenizer, ids, mask), ids, mask))
     truncated = sum(1 for n in lengths if limit is not None and n > limit)
     return Preview(shown, len(lengths), max(lengths, default=0), limit, truncated)

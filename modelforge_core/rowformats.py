@@ -120,7 +120,8 @@ def openai_messages(row: Mapping[str, Any]) -> dict[str, Any]:
             parts = message["content"]
             if all(isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
                    for p in parts):
-                message = {**message, "content": "".join(p["text"] for p in parts)}
+                out.append({**message, "content": "".join(p["text"] for p in parts)})
+                continue
         out.append(message)
     return {"messages": out}
 

@@ -30,7 +30,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -372,7 +372,8 @@ def read_folder(folder: Path, name: str, spec: SourceSpec, *, hub: bool = False)
 
 class LocalSource(DataSource):
     name: ClassVar[str] = "local"
-    description: ClassVar[str] = "Local .jsonl/.json/.parquet/.csv/.tsv/.arrow files, folders of them, save_to_disk folders."
+    description: ClassVar[str] = ("Local .jsonl/.json/.parquet/.csv/.tsv/.arrow files, folders of them, "
+                                  "save_to_disk folders.")
 
     def claims(self, location: str) -> bool:
         return "://" not in location
@@ -444,12 +445,12 @@ def source_specs(value: Any) -> list[SourceSpec]:
         if isinstance(item, str):
             specs.append(SourceSpec(item))
             continue
-        item = dict(item)
+        raw = dict(item)
         specs.append(SourceSpec(
-            path=item["path"], source=item.get("source"), split=item.get("split"), subset=item.get("subset"),
-            revision=item.get("revision"), format=item.get("format"), columns=dict(item.get("columns") or {}),
-            ignore_columns=list(item.get("ignore_columns") or []), weight=item.get("weight"),
-            fraction=item.get("fraction"), raw=item))
+            path=raw["path"], source=raw.get("source"), split=raw.get("split"), subset=raw.get("subset"),
+            revision=raw.get("revision"), format=raw.get("format"), columns=dict(raw.get("columns") or {}),
+            ignore_columns=list(raw.get("ignore_columns") or []), weight=raw.get("weight"),
+            fraction=raw.get("fraction"), raw=raw))
     return specs
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,8 +27,7 @@ from modelforge_core.rowformats import native
 from modelforge_core.schema import effective_schema
 from modelforge_core.sources import DataSource, SourceRows, SourceSpec
 from modelforge_core.testing.datasets import capital_rows, write_jsonl
-from modelforge_core.testing.sources import (save_to_disk, write_arrow, write_delimited, write_hub_dataset,
-                                             write_parquet)
+from modelforge_core.testing.sources import save_to_disk, write_arrow, write_delimited, write_hub_dataset, write_parquet
 
 BASE = {"task": "text-generation", "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "compute_specs": "low_end"}
 ROWS = capital_rows()[:12]
@@ -76,7 +74,8 @@ def test_a_key_no_format_uses_is_an_error_with_its_line(tmp_path: Path, builtin_
     problems = _problems(builtin_plugins, str(data))
     assert [(p.line, p.path, p.code) for p in problems] == [
         (2, "instrution", "unknown_field"), (4, "id", "unknown_field"), (4, "lang", "unknown_field")]
-    assert "not in the input_output row format (only in: sharegpt)" in problems[1].message and "no text-generation row format" in problems[2].message
+    assert "not in the input_output row format (only in: sharegpt)" in problems[1].message
+    assert "no text-generation row format" in problems[2].message
     assert problems[0].file == str(data) and "ignore_columns" in (problems[0].hint or "")
     # Dropped on purpose, they are fine.
     kept = _check(builtin_plugins, {"path": str(data), "ignore_columns": ["instrution", "id", "lang"]})
@@ -311,9 +310,9 @@ class _RegistersMemory:
 
 
 @pytest.fixture
-def memory_plugins() -> Iterator[Plugins]:
+def memory_plugins() -> Plugins:
     _Memory.tables = {"harbours": [*ALPACA[:3], {"instruction": "x", "output": ""}]}
-    yield load_plugins(extra=[("memory", _RegistersMemory())], environ={})
+    return load_plugins(extra=[("memory", _RegistersMemory())], environ={})
 
 
 def test_hook_register_data_sources(memory_plugins: Plugins, builtin_plugins: Plugins) -> None:

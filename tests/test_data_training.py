@@ -21,8 +21,7 @@ from modelforge_core.data import check_dataset
 from modelforge_core.plugins import Plugins
 from modelforge_core.testing.datasets import capital_rows, write_jsonl
 from modelforge_core.testing.pytest_plugin import tiny_config
-from modelforge_core.testing.sources import (save_to_disk, write_arrow, write_delimited, write_hub_dataset,
-                                             write_parquet)
+from modelforge_core.testing.sources import save_to_disk, write_arrow, write_delimited, write_hub_dataset, write_parquet
 
 pytestmark = pytest.mark.slow
 
@@ -146,6 +145,7 @@ def test_weighted_two_source_mixture_trains_through_the_cli(tmp_path: Path, hub_
     parquet_source, hub_source = data["sources"]
     assert parquet_source["kind"] == "file" and parquet_source["fingerprint"].startswith("sha256:")
     assert hub_source["kind"] == "hub" and hub_source["revision"] == commit
-    assert hub_source["fingerprint"].startswith("sha256:") and hub_source["fingerprint"] != parquet_source["fingerprint"]
+    assert hub_source["fingerprint"].startswith("sha256:")
+    assert hub_source["fingerprint"] != parquet_source["fingerprint"]
     assert [s["used_rows"] for s in data["sources"]] == [12, 12]  # 24 rows, weights 1:1, the hub repeated
     assert data["formats"] == {"alpaca": 16, "sharegpt": 8} and data["rows"] == 24

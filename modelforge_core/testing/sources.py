@@ -66,8 +66,9 @@ def write_hub_dataset(cache: str | Path, repo: str, files: Mapping[str, Sequence
     each of ``files`` (a path in the repo such as ``data/train-00000-of-00001.parquet`` -> rows)
     written under ``snapshots/<commit>/``, and ``refs/<revision>`` naming the commit. Returns the
     commit hash."""
-    commit = hashlib.sha1(json.dumps({"repo": repo, "files": {k: list(v) for k, v in files.items()}},
-                                     sort_keys=True, default=str).encode()).hexdigest()
+    content = json.dumps({"repo": repo, "files": {k: list(v) for k, v in files.items()}}, sort_keys=True,
+                         default=str)
+    commit = hashlib.sha1(content.encode(), usedforsecurity=False).hexdigest()  # a commit hash's shape
     root = Path(cache) / f"datasets--{repo.replace('/', '--')}"
     snapshot = root / "snapshots" / commit
     for name, rows in files.items():
