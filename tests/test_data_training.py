@@ -149,3 +149,9 @@ def test_weighted_two_source_mixture_trains_through_the_cli(tmp_path: Path, hub_
     assert hub_source["fingerprint"] != parquet_source["fingerprint"]
     assert [s["used_rows"] for s in data["sources"]] == [12, 12]  # 24 rows, weights 1:1, the hub repeated
     assert data["formats"] == {"alpaca": 16, "sharegpt": 8} and data["rows"] == 24
+    # After training, the eval split is rebuilt from both sources (the hub one from the cache).
+    evaluated = CliRunner().invoke(main, ["evaluate", str(run), "--json"], obj={}, catch_exceptions=False)
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.output)
+    assert report["dataset"]["fingerprint"] == data["fingerprint"] and report["dataset"]["rows"] == data["eval_rows"]
+    assert report["metrics"]["eval_loss"] > 0
