@@ -351,12 +351,21 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
     async def validate(request: Request) -> Response:
         document = await service.read_document(request)
         check_data = _flag(request, "data")
+        try:
+            show = min(int(request.query_params.get("show", "0")), 50)
+        except ValueError:
+            raise ApiError(400, "bad_request", "show must be an integer") from None
         resolved, data = await anyio.to_thread.run_sync(lambda: service.resolve(document, check_data=check_data))
         out: dict[str, Any] = {"valid": True, "file": REQUEST_FILE}
         if _flag(request, "resolved"):
             out.update(resolved.to_json())
         if data is not None:
             out["data"] = data.to_json()
+            if show > 0:  # rows as the model sees them, as `modelforge validate --data --show N`
+                from ..preview import show as show_rows
+
+                shown = await anyio.to_thread.run_sync(lambda: show_rows(resolved, data, show, plugins=service.plugins))
+                out["preview"] = shown.to_json()
         return JSONResponse(out)
 
     async def jobs(request: Request) -> Response:
