@@ -438,6 +438,11 @@ def root_problems(values: Mapping[str, Any], root: Path) -> list[Problem]:
             continue
         if key == MODEL_FIELD and not Path(value).is_absolute():
             continue  # a hub ID, not a path
+        if key == "dataset" and not Path(value).is_absolute():  # hf://..., or owner/name: a hub dataset
+            if "://" in value or not (allowed / value).exists():
+                problems.append(Problem(key, f"{value} is not a file or folder under the data root {allowed}",
+                                        code="outside_root", hint="only files under --data-root can be used"))
+            continue
         resolved = Path(value).resolve()
         if resolved != allowed and allowed not in resolved.parents:
             problems.append(Problem(key, f"{value} is outside the allowed data root {allowed}", code="outside_root",

@@ -329,3 +329,23 @@ def test_hook_register_data_sources(memory_plugins: Plugins, builtin_plugins: Pl
     with pytest.raises(ValidationFailed) as failure:
         _check(memory_plugins, {"path": "memory://harbours", "memory": {"limit": 0}})
     assert failure.value.problems[0].path == "dataset.memory.limit"
+
+
+def test_data_root_covers_source_objects_mixtures_and_hub_datasets(tmp_path: Path, builtin_plugins: Plugins) -> None:
+    root = tmp_path / "root"
+    inside = write_jsonl(root / "ok.jsonl", ROWS)
+    write_jsonl(root / "team" / "data" / "rows.jsonl", ROWS)
+
+    def refused(dataset: Any) -> list[str]:
+        try:
+            resolve_config({**BASE, "dataset": dataset}, plugins=builtin_plugins, base_dir=root, data_root=root)
+        except ValidationFailed as failure:
+            return [p.code for p in failure.problems]
+        return []
+
+    assert refused([{"path": "ok.jsonl"}, "team/data"]) == []
+    assert refused({"path": str(inside)}) == []
+    assert refused({"path": "/etc/passwd"}) == ["outside_root"]
+    assert refused([str(inside), {"path": "../outside.jsonl", "weight": 2}]) == ["outside_root"]
+    assert refused("hf://owner/name") == ["outside_root"]
+    assert refused("owner/name") == ["outside_root"]  # not under the root, so it would be the hub
