@@ -349,3 +349,14 @@ def test_data_root_covers_source_objects_mixtures_and_hub_datasets(tmp_path: Pat
     assert refused([str(inside), {"path": "../outside.jsonl", "weight": 2}]) == ["outside_root"]
     assert refused("hf://owner/name") == ["outside_root"]
     assert refused("owner/name") == ["outside_root"]  # not under the root, so it would be the hub
+
+
+def test_a_saved_dataset_dict_reads_its_split(tmp_path: Path, builtin_plugins: Plugins) -> None:
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(ALPACA), "test": Dataset.from_list(ALPACA[:2])}).save_to_disk(
+        str(tmp_path / "dict"))
+    assert _check(builtin_plugins, str(tmp_path / "dict")).rows == ROWS
+    assert _check(builtin_plugins, {"path": str(tmp_path / "dict"), "split": "test"}).rows == ROWS[:2]
+    problems = _problems(builtin_plugins, {"path": str(tmp_path / "dict"), "split": "validation"})
+    assert problems[0].code == "missing_split" and "train" in problems[0].message
