@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import Problem
+from .rowformats import ALPACA as ALPACA  # noqa: PLC0414  (public: tasks declare formats with these)
+from .rowformats import MESSAGES as MESSAGES  # noqa: PLC0414
+from .rowformats import SHAREGPT as SHAREGPT  # noqa: PLC0414
+from .rowformats import RowFormat as RowFormat  # noqa: PLC0414
+from .rowformats import native as native  # noqa: PLC0414
 
 #: Model heads a provider can load and a task can ask for.
 HEADS = ("causal-lm", "seq2seq-lm", "question-answering", "sequence-classification")
@@ -148,6 +153,11 @@ class Task(Component):
     #: A few valid rows per data shape (``{"supervised": [{...}, ...]}``): the test kit's
     #: ``sample_dataset`` fixture writes them for the task. ``{}``: none.
     sample_rows: ClassVar[Mapping[str, Sequence[Mapping[str, Any]]]] = {}
+    #: The row formats it reads, recognised by their keys (see :mod:`modelforge_core.rowformats`):
+    #: its own and common outside ones (``ALPACA``, ``SHAREGPT``, ``MESSAGES``). A row key no
+    #: format uses is an error, and so is a row two formats match. Empty: no key check, rows go
+    #: to :meth:`row_shape` as they are.
+    formats: ClassVar[Sequence[RowFormat]] = ()
 
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         """Which data shape ``row`` has, or ``None`` when it has none the task knows.
@@ -359,6 +369,84 @@ class TrainingJob:
     stage: Callable[..., AbstractContextManager[None]] = lambda name, clean=None: nullcontext()
     #: The core's run folder object (``modelforge_core.runs.RunDir``), for extra outputs.
     run_dir: Any = None
+    #: Each data source's fingerprint and mapping (format, columns, split, ...), for the data cache key.
+    data_sources: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- data sources (the register_data_sources hook) -------------------------------------------
+
+@dataclass
+class SourceSpec:
+    """One source of a config's ``dataset``, with the defaults filled in."""
+
+    path: str
+    source: str | None = None
+    split: str | None = None
+    subset: str | None = None
+    revision: str | None = None
+    format: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    ignore_columns: list[str] = field(default_factory=list)
+    weight: float | None = None
+    fraction: float | None = None
+    #: The whole source object, for a plugin source's own options (under its name).
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def options(self, name: str) -> dict[str, Any]:
+        value = self.raw.get(name)
+        return dict(value) if isinstance(value, Mapping) else {}
+
+    def mapping(self) -> dict[str, Any]:
+        """What decides how rows are read and mapped (for the data cache and the manifest)."""
+        return {"format": self.format, "columns": self.columns, "ignore_columns": self.ignore_columns,
+                "split": self.split, "subset": self.subset, "revision": self.revision,
+                "weight": self.weight, "fraction": self.fraction}
+
+
+@dataclass
+class SourceRows:
+    """What a source read: its rows with where each came from, and how to name it.
+
+    :param name: the source in messages (a path, ``hf://owner/name@commit:split``).
+    :param rows: ``(where, row)`` pairs; ``where`` is a 1-based line (``unit == "line"``) or a
+        0-based row index (``unit == "row"``).
+    :param files: for sources of several files, the file each row came from (else empty).
+    :param fingerprint: ``sha256:...`` over exactly the content that was read.
+    :param info: facts for the manifest (kind, revision, files).
+    :param notes: what the user should know (a location read as one of two things).
+    :param problems: why the source could not be read (rows may then be empty).
+    """
+
+    name: str
+    rows: list[tuple[int, Any]]
+    unit: str = "line"
+    files: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+class DataSource(Component):
+    """A kind of place rows come from (local files, the hub, a database table, ...).
+
+    Register an instance with the ``register_data_sources`` hook. A config selects it by
+    location (:meth:`claims`) or explicitly with ``"source": "<name>"`` in a dataset object;
+    its :attr:`options_schema` describes an object users write under its name in that dataset
+    object (``{"path": "warehouse://sales", "warehouse": {"table": "q3"}}``).
+    """
+
+    kind: ClassVar[str] = "source"
+
+    def claims(self, location: str) -> bool:
+        """True when this source reads ``location`` (``s3://...`` for an S3 source). Called for
+        every dataset location, so it must be cheap and touch nothing remote."""
+        return False
+
+    def read(self, spec: SourceSpec) -> SourceRows:
+        """Read every row of ``spec``. Unreadable input goes into ``SourceRows.problems``;
+        bad rows are the core's to check. May import heavy libraries."""
+        raise NotImplementedError
 
 
 def required_text(row: Mapping[str, Any], keys: Sequence[str], *, allow_empty: Sequence[str] = ()) -> list[Problem]:

@@ -337,6 +337,8 @@ class ResolvedConfig(Mapping[str, Any]):
     data: dict[str, Any]
     sources: dict[str, str]
     file: str | None = None
+    #: The folder relative paths were resolved against (``owner/name`` datasets are decided there).
+    base_dir: str | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -409,7 +411,11 @@ def resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     out = dict(values)
     for key in PATH_FIELDS:
         value = out.get(key)
-        if isinstance(value, str) and value.strip() and not _unusable_path(value):
+        if key == "dataset" and key in out:  # also hub datasets, source objects and mixtures
+            from .sources import resolve_locations
+
+            out[key] = resolve_locations(value, base)
+        elif isinstance(value, str) and value.strip() and not _unusable_path(value):
             path = Path(value).expanduser()
             try:
                 out[key] = str(path if path.is_absolute() else (base / path).resolve())
@@ -486,14 +492,22 @@ def root_problems(values: Mapping[str, Any], root: Path) -> list[Problem]:
     """Paths that escape ``root`` (a frontend's ``--data-root``), symlinks resolved."""
     problems = []
     allowed = root.resolve()
-    for key in (*PATH_FIELDS, MODEL_FIELD):
-        value = values.get(key)
+    from .sources import locations
+
+    checked = [(key, values.get(key)) for key in (*PATH_FIELDS, MODEL_FIELD) if key != "dataset"]
+    checked += [("dataset", value) for value in locations(values.get("dataset"))]
+    for key, value in checked:
         if not isinstance(value, str) or not value.strip():
             continue
         if key == MODEL_FIELD and not Path(value).is_absolute():
             continue  # a hub ID, not a path
         if _unusable_path(value):
             continue  # path_problems() says why
+        if key == "dataset" and not Path(value).is_absolute():  # hf://..., or owner/name: a hub dataset
+            if "://" in value or not (allowed / value).exists():
+                problems.append(Problem(key, f"{value} is not a file or folder under the data root {allowed}",
+                                        code="outside_root", hint="only files under --data-root can be used"))
+            continue
         try:
             resolved = Path(value).resolve()
         except (OSError, RuntimeError):
@@ -563,7 +577,7 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     # Schema order, so `--resolved` reads like the reference; plugin options last.
     values = {k: _normalized(merged[k], props.get(k, {})) for k in props if k in merged}
     values.update((k, v) for k, v in merged.items() if k not in values)
-    return ResolvedConfig(values, sources, file)
+    return ResolvedConfig(values, sources, file, str(base))
 
 
 

@@ -121,9 +121,10 @@ def library_versions() -> dict[str, str | None]:
 
 
 def cache_key(rows: Sequence[Mapping[str, Any]], tokenizer: Any, config: Mapping[str, Any], *, shape: str,
-              formatter: str) -> str:
+              formatter: str, sources: Sequence[Mapping[str, Any]] = ()) -> str:
     """The entry's name: sha256 over rows, tokenizer, template, data-shaping config fields,
-    formatting code (``formatter``, a module name) and library versions."""
+    formatting code (``formatter``, a module name), library versions and, when given, each data
+    source's fingerprint and mapping (format, columns, split, ...)."""
     parts = {
         "format": CACHE_FORMAT,
         "rows": rows_digest(rows),
@@ -135,6 +136,8 @@ def cache_key(rows: Sequence[Mapping[str, Any]], tokenizer: Any, config: Mapping
         "preparer": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
         "libraries": library_versions(),
     }
+    if sources:
+        parts["sources"] = list(sources)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -237,7 +240,8 @@ def store_entry(key: str, dataset: Any) -> Path:
 
 def cached_sft_dataset(rows: Sequence[Mapping[str, Any]], tokenizer: Any, config: Mapping[str, Any], *,
                        shape: str, formatter: str, build: Callable[[], Any],
-                       say: Callable[[str], None] | None = None) -> Any:
+                       say: Callable[[str], None] | None = None,
+                       sources: Sequence[Mapping[str, Any]] = ()) -> Any:
     """The tokenized SFT dataset for ``rows``: read from the cache when the same rows were
     prepared before with the same tokenizer, template, settings and code; otherwise
     ``build()`` formats them (the task's prompt/completion dataset), :func:`prepare_sft_dataset`
@@ -246,7 +250,7 @@ def cached_sft_dataset(rows: Sequence[Mapping[str, Any]], tokenizer: Any, config
     A cache that cannot be written (read-only home, full disk) costs the speed-up, never the
     training: the prepared data is used directly.
     """
-    key = cache_key(rows, tokenizer, config, shape=shape, formatter=formatter)
+    key = cache_key(rows, tokenizer, config, shape=shape, formatter=formatter, sources=sources)
     cached = load_entry(key)
     if cached is not None:
         if say is not None:

@@ -45,6 +45,8 @@ class Problem:
     file: str | None = None
     line: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The 0-based row index in a table (parquet, arrow, a hub dataset), where lines mean nothing.
+    row: int | None = None
 
     def __post_init__(self) -> None:
         # The one place every problem passes through: no field echoes a huge value whole.
@@ -58,6 +60,8 @@ class Problem:
             self.extra["json_path"] = [shorten(p) if isinstance(p, str) else p for p in self.extra["json_path"]]
 
     def location(self) -> str:
+        if self.file and self.row is not None:
+            return f"{self.file} row {self.row}"
         if self.file and self.line:
             return f"{self.file}:{self.line}"
         return self.file or ""
@@ -70,6 +74,8 @@ class Problem:
             data["file"] = self.file
         if self.line:
             data["line"] = self.line
+        if self.row is not None:
+            data["row"] = self.row
         data.update(self.extra)
         return data
 

@@ -59,7 +59,10 @@ def run_eval_split(run: RunDir, config: Mapping[str, Any], plugins: Plugins) -> 
     manifest = run.read_json(MANIFEST_FILE) if run.file(MANIFEST_FILE).is_file() else {}
     recorded = manifest.get("data", {}) if isinstance(manifest, dict) else {}
     recorded = recorded if isinstance(recorded, dict) else {}
-    file = Path(str(recorded.get("file") or config["dataset"]))
+    dataset = config["dataset"]
+    if not isinstance(dataset, str) or "://" in dataset or not Path(dataset).is_absolute():  # hub, mixture, ...
+        return _sources_eval_split(run, config, plugins, recorded)
+    file = Path(recorded.get("file") or config["dataset"])
     if not file.is_file():
         raise RunError(f"the run's dataset {file} is gone: give the rows to evaluate with --dataset FILE")
     if config.get("eval_split", 0) <= 0:
@@ -74,6 +77,25 @@ def run_eval_split(run: RunDir, config: Mapping[str, Any], plugins: Plugins) -> 
         eval_rows=[data.rows[i] for i in eval_indices], train_rows=[data.rows[i] for i in train_indices],
         description={"file": str(file), "fingerprint": data.fingerprint, "split": "eval",
                      "rows": len(eval_indices)})
+
+
+def _sources_eval_split(run: RunDir, config: Mapping[str, Any], plugins: Plugins,
+                        recorded: Mapping[str, Any]) -> EvaluationData:
+    """The eval split of a run trained on a hub dataset, a folder or a mixture: every source
+    read again, and its fingerprint compared with the manifest's."""
+    from .data import check_dataset
+    from .orchestrate import split_rows
+
+    if config.get("eval_split", 0) <= 0:
+        raise UsageError(f"{run.path} was trained with eval_split 0 (no eval split): give --dataset FILE")
+    data = check_dataset(config, plugins=plugins)
+    if recorded.get("fingerprint") and data.fingerprint != recorded["fingerprint"]:
+        raise RunError(f"the dataset {data.file} changed since {run.path} was trained, so its eval split would hold "
+                       "other rows: give --dataset FILE to evaluate on a file of your choice")
+    train_indices, eval_indices = split_rows(data.rows, config["eval_split"], config["seed"], data.file)
+    return EvaluationData(
+        eval_rows=[data.rows[i] for i in eval_indices], train_rows=[data.rows[i] for i in train_indices],
+        description={"file": data.file, "fingerprint": data.fingerprint, "split": "eval", "rows": len(eval_indices)})
 
 
 def dataset_file(run: RunDir, config: Mapping[str, Any], plugins: Plugins, path: Path) -> EvaluationData:

@@ -159,10 +159,11 @@ def parity_rows(run: RunDir, config: Mapping[str, Any], plugins: Plugins,
 
     manifest = run.read_json(MANIFEST_FILE) if run.file(MANIFEST_FILE).is_file() else {}
     recorded = manifest.get("data", {})
-    file = Path(recorded.get("file") or config["dataset"])
+    file = Path(recorded.get("file") or (config["dataset"] if isinstance(config["dataset"], str) else "."))
     shape = str(recorded.get("shape") or plugins.registry.strategies[config["strategy"]].data_shape)
-    try:
-        data = check_dataset(config, plugins=plugins, path=file, shape=shape)
+    local = file.is_file() and isinstance(config.get("dataset"), str)
+    try:  # a hub dataset, folder or mixture: its sources as configured
+        data = check_dataset(config, plugins=plugins, path=file if local else None, shape=shape)
     except (ModelForgeError, OSError):
         return [], shape, "built-in text (the run's dataset is unreadable)"
     if not data.rows:

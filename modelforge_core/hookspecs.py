@@ -23,7 +23,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .api import Provider, RunInfo, Strategy, Task
+    from .api import DataSource, Provider, RunInfo, Strategy, Task
 
 PROJECT_NAME = "modelforge"
 
@@ -62,6 +62,20 @@ def register_tasks(register: Callable[[Task], None]) -> None:
 
     :param register: call it with a :class:`modelforge_core.api.Task` instance for each task;
         its ``name`` is what a config's ``task`` field selects.
+    """
+
+
+@hookspec
+def register_data_sources(register: Callable[[DataSource], None]) -> None:
+    """Register data sources: places dataset rows come from (a database table, S3, a data lake).
+
+    Called once when the plugin manager is built. The core's own sources (``local`` files and
+    folders, ``hub`` datasets) are registered through this hook too.
+
+    :param register: call it with a :class:`modelforge_core.api.DataSource` instance for each
+        source. A dataset location that its ``claims`` accepts (``s3://...``), or a dataset object
+        with ``"source": "<name>"``, is read by it; its ``options_schema`` describes the object
+        users write under its name in the dataset object. A name registered twice is refused.
     """
 
 

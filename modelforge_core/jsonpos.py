@@ -154,3 +154,27 @@ def loads_with_lines(text: str) -> tuple[Any, dict[Path, int]]:
     if end != len(text):
         raise reader.fail("Extra data", end)
     return value, reader.lines
+
+
+#: Rows nested deeper than this are refused (no task reads below a few levels).
+MAX_ROW_DEPTH = 100
+
+
+def value_problem(value: Any) -> str | None:
+    """Why a parsed row cannot be trained on though it is valid JSON: nesting deeper than
+    :data:`MAX_ROW_DEPTH` or a lone surrogate (``"\\ud800"``, not encodable as UTF-8) in a string."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if lone_surrogate(item) is not None:
+                return "a lone surrogate escape (\\ud800-\\udfff) is not a Unicode character; fix the text"
+        elif isinstance(item, (dict, list)):
+            if depth >= MAX_ROW_DEPTH:
+                return f"nested too deeply (more than {MAX_ROW_DEPTH} levels)"
+            children = list(item.items()) if isinstance(item, dict) else [(None, v) for v in item]
+            for key, child in children:
+                if key is not None:
+                    stack.append((key, depth + 1))
+                stack.append((child, depth + 1))
+    return None

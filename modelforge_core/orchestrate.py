@@ -29,6 +29,7 @@ from .quantization import four_bit_guard_callback, keep_4bit_trainable, quiet_ke
 from .runlock import RunLock, claim_new_run, lock_run
 from .runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, now_iso
 from .schema import schema_version
+from .sources import MAPPING_KEYS
 from .training import Display, Stages, StopFlag, catch_interruptions, make_run_callback
 
 
@@ -87,7 +88,8 @@ def build_manifest(config: Mapping[str, Any], plugins: Plugins, data: Dataset, h
         "hardware": {"device": hardware.device, "name": hardware.name, "bf16": hardware.bf16,
                      "fp16": hardware.fp16, "cpu_count": os.cpu_count(), "processes": processes},
         "data": {"file": data.file, "fingerprint": data.fingerprint, "rows": len(data.rows),
-                 "train_rows": len(split[0]), "eval_rows": len(split[1]), "shape": data.shape},
+                 "train_rows": len(split[0]), "eval_rows": len(split[1]), "shape": data.shape,
+                 "formats": data.formats, "sources": data.sources, "notes": data.notes},
         "seed": config["seed"],
         "effective_batch_size": effective,
         "trust_remote_code": bool(config.get("trust_remote_code")),
@@ -281,6 +283,8 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         resume_from=checkpoint, save=save, report=report, say=display.message,
         stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
         previous_metrics=previous_metrics, stage=stages.enter,
+        data_sources=[{"fingerprint": s["fingerprint"], "mapping": {k: s.get(k) for k in MAPPING_KEYS}}
+                      for s in data.sources],
     )
     display.message(f"run folder: {run.path}")
     try:

@@ -30,9 +30,13 @@ from .schema import (
 if TYPE_CHECKING:
     import click
 
+    from .api import DataSource
+
 ENTRY_POINT_GROUP = "modelforge"
 LOAD_ENV = "MODELFORGE_LOAD_PLUGINS"
 DISABLE_ENV = "MODELFORGE_DISABLE_PLUGINS"
+#: The plugin name of the core's built-in data sources.
+BUILTIN_SOURCES = "modelforge-sources"
 
 #: The distribution that ships each built-in component, for "not installed" messages.
 BUILTIN_DISTRIBUTIONS: Mapping[tuple[str, str], str] = {
@@ -79,11 +83,13 @@ class Registry:
     providers: dict[str, Provider] = field(default_factory=dict)
     strategies: dict[str, Strategy] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
+    #: Data sources (``register_data_sources``): where dataset rows come from.
+    sources: dict[str, DataSource] = field(default_factory=dict)
     owners: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {"provider": self.providers, "strategy": self.strategies,
-                                             "task": self.tasks}
+                                             "task": self.tasks, "source": self.sources}
         return tables[kind]
 
     def components(self) -> Iterable[Component]:
@@ -141,6 +147,10 @@ class Hooks:
 
     def _info(self, plugin: object) -> PluginInfo:
         name = self._pm.get_name(plugin) or repr(plugin)
+        if name == BUILTIN_SOURCES:
+            from . import __version__
+
+            return PluginInfo(name, "modelforge-core", __version__)
         return self._infos.get(name, PluginInfo(name, "(registered directly)", ""))
 
     def _call(self, hook_name: str, **kwargs: Any) -> None:
@@ -176,11 +186,14 @@ class Hooks:
                 ) from exc
 
     def register_components(self) -> Registry:
-        """Run the three registration hooks and return the registry they filled."""
+        """Run the registration hooks and return the registry they filled."""
+        from .api import DataSource
+
         registry = Registry()
         self._register_into("register_tasks", registry, Task)
         self._register_into("register_strategies", registry, Strategy)
         self._register_into("register_providers", registry, Provider)
+        self._register_into("register_data_sources", registry, DataSource)
         registry.check_option_names(canonical_schema()["properties"])
         return registry
 
@@ -259,6 +272,7 @@ def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
+    _register_builtin_sources(pm)
     skipped: list[Skipped] = []
     if entry_points:
         for ep in _entry_points():
@@ -302,6 +316,14 @@ def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool
     hooks = Hooks(pm, infos)
     registry = hooks.register_components()
     return Plugins(pm, hooks, registry, infos, skipped)
+
+
+def _register_builtin_sources(pm: pluggy.PluginManager) -> None:
+    """The core's own data sources (local files and folders, the hub), registered through
+    ``register_data_sources`` like a plugin's."""
+    from . import __version__, sources
+
+    _register(pm, sources, PluginInfo(BUILTIN_SOURCES, "modelforge-core", __version__))
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, info: PluginInfo) -> None:

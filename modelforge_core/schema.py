@@ -217,8 +217,30 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
             rules.append(_options_rule(schema, component))
         rules.extend(copy.deepcopy(list(component.schema_rules)))
     schema["allOf"] = rules
+    _extend_data_sources(schema, registry)
     schema["description"] += " (Effective schema: the canonical schema plus the installed plugins.)"
     return schema
+
+
+def _extend_data_sources(schema: dict[str, Any], registry: Registry) -> None:
+    """The installed data sources and the tasks' row formats in a dataset object's enums; a
+    source's options as an object under its name."""
+    source = schema.get("$defs", {}).get("dataSource")
+    if source is None:
+        return
+    props = source["properties"]
+    names = list(props["source"]["enum"])
+    props["source"]["enum"] = names + sorted(n for n in registry.sources if n not in names)
+    formats = list(props["format"]["enum"])
+    extra = {f.name for task in registry.tasks.values() for f in task.formats}
+    props["format"]["enum"] = formats + sorted(extra - set(formats))
+    for data_source in registry.sources.values():
+        if data_source.options_schema is not None and data_source.name not in props:
+            fragment = copy.deepcopy(dict(data_source.options_schema))
+            fragment.setdefault("type", "object")
+            fragment.setdefault("additionalProperties", False)
+            fragment.setdefault("description", f"Options of the {data_source.name} data source.")
+            props[data_source.name] = fragment
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -234,6 +256,8 @@ def _subschema(schema: Mapping[str, Any], parts: Iterable[Any]) -> Any:
     node: Any = schema
     for part in parts:
         node = node[part]
+        if isinstance(node, str) and node.startswith("#/"):  # a local $ref: the schema it names
+            node = _subschema(schema, node[2:].split("/"))
     return node
 
 
@@ -244,6 +268,8 @@ def _property_schema(schema: Mapping[str, Any], path: list[Any]) -> Mapping[str,
             node = node.get("items", {}) if isinstance(node, Mapping) else {}
             continue
         props = node.get("properties", {}) if isinstance(node, Mapping) else {}
+        if part not in props and isinstance(node, Mapping) and str(node.get("$ref", "")).startswith("#/"):
+            props = _subschema(schema, node["$ref"][2:].split("/")).get("properties", {})
         if part not in props:
             return None
         node = props[part]
@@ -321,8 +347,10 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
                         sub.get("description") if sub else None)
             continue
         if keyword == "additionalProperties":
-            known = list((_subschema(schema, list(error.absolute_schema_path)[:-1]) or {})
-                         .get("properties", {}))
+            node = _subschema(schema, list(error.absolute_schema_path)[:-1]) or {}
+            if "properties" not in node and str(node.get("$ref", "")).startswith("#/"):  # $ref is transparent
+                node = _subschema(schema, node["$ref"][2:].split("/"))
+            known = list(node.get("properties", {}))
             for name in error.instance:
                 if name in known:
                     continue

@@ -292,7 +292,8 @@ def supervised_trainer(job: TrainingJob, loaded: LoadedModel, *, for_training: b
 
         def prepared(rows: Sequence[Mapping[str, Any]]) -> Any:
             return cached_sft_dataset(rows, tokenizer, job.config, shape=job.shape,
-                                      formatter=type(job.task).__module__, say=job.say, build=lambda: build(rows))
+                                      formatter=type(job.task).__module__, say=job.say,
+                                      sources=job.data_sources, build=lambda: build(rows))
 
     eval_ds = prepared(job.eval_rows) if job.eval_rows else None
     needs_train = for_training or (job.head == "causal-lm" and not job.config.get("max_seq_length"))

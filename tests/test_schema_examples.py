@@ -269,7 +269,8 @@ ANNOTATION_ONLY = {"$schema"}
 def test_every_property_has_description_examples_and_default() -> None:
     schema = canonical_schema()
     required = set(schema["required"])
-    for name, prop in _properties(schema):
+    for name, declared in _properties(schema):
+        prop = {**declared, "$defs": schema.get("$defs", {})}  # so a local $ref resolves
         assert prop.get("description"), name
         assert prop.get("examples"), name
         if name not in required | ANNOTATION_ONLY:

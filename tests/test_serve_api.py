@@ -246,6 +246,21 @@ def test_nothing_outside_the_data_root_can_be_read(light: ServerProcess) -> None
     assert light.request("GET", "/api/v1/jobs", params={"state": "queued"}).json() == {"jobs": []}
 
 
+def test_validate_shows_rows_as_the_model_sees_them(light: ServerProcess, light_root: Path,
+                                                    tiny_causal_lm: Path) -> None:
+    """The web page's "as the model sees it" preview: `modelforge validate --data --show N`."""
+    shutil.copytree(tiny_causal_lm, light_root / "models" / "show-tiny", dirs_exist_ok=True)
+    config = {"task": "text-generation", "model_name": "models/show-tiny", "dataset": DATASET,
+              "compute_specs": "low_end", "max_seq_length": 64}
+    response = light.request("POST", "/api/v1/validate", params={"data": "true", "show": "2"}, json=config)
+    assert response.status_code == 200, response.text
+    preview = response.json()["preview"]
+    answer = sample_rows("text-generation")[0]["output"]
+    assert len(preview["rows"]) == 2 and preview["max_seq_length"] == 64
+    assert [s["text"] for s in preview["rows"][0]["segments"] if s["trained"]] == [answer + "<|im_end|>\n"]
+    assert preview["rows"][0]["where"].endswith(f"{DATASET}:1")
+
+
 def test_dataset_preview_and_file_listing(light: ServerProcess) -> None:
     preview = light.request("GET", "/api/v1/datasets/preview", params={"path": DATASET, "rows": 3}).json()
     assert preview["columns"] == ["input", "output"] and len(preview["rows"]) == 3 and preview["more"] is True

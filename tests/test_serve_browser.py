@@ -118,6 +118,11 @@ def test_the_form_checks_in_the_browser_and_trains(tmp_path: Path, tiny_causal_l
             expect(accumulation.locator("input")).to_have_value("16")
             expect(page.locator("#preview tr")).to_have_count(6)  # a header and the first five rows
             expect(page.locator("#preview")).to_contain_text("What is the harbour of Veloria?")
+            # Rendered as the model sees it: the answer and its end of turn highlighted as trained.
+            page.click("#show-rendered")
+            expect(page.locator("#rendered mark").first).to_contain_text(
+                "The harbour of Veloria is Quenlow.<|im_end|>", timeout=TRAINING_TIMEOUT_MS)  # loads the tokenizer
+            expect(page.locator("#rendered pre")).to_have_count(3)
 
             for key, value in config.items():
                 _set(page, key, value)

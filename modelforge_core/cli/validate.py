@@ -16,11 +16,14 @@ from .output import dump_json, print_problems, print_resolved, problems_json
               help="Override a field (repeatable); a component's options as NAME.OPTION=VALUE.")
 @click.option("--resolved", is_flag=True, help="Print the full resolved config with each value's source.")
 @click.option("--data", "check_data", is_flag=True, help="Also check the dataset row by row.")
+@click.option("--show", "show_rows", type=click.IntRange(min=0), default=0, metavar="N",
+              help="With --data: print N rows as the model sees them (chat template, trained tokens "
+                   "marked, token counts against max_seq_length). Loads the tokenizer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for frontends).")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Refuse any dataset, model or output path outside this folder (for frontends).")
 def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_data: bool,
-             as_json: bool, data_root: Path | None = None) -> None:
+             as_json: bool, data_root: Path | None = None, show_rows: int = 0) -> None:
     """Check CONFIG against the schema and the installed plugins.
 
     Reports every problem at once, each with its JSON path and line. Exit code 0 when valid,
@@ -31,6 +34,8 @@ def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_dat
     from ..plugins import get_plugins
     from ..schema import effective_schema
 
+    if show_rows and not check_data:
+        raise UsageError("--show needs --data")
     plugins = get_plugins()
     try:
         document = load_document(config)
@@ -64,8 +69,15 @@ def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_dat
 
     # Valid is the schema's verdict; what this environment lacks to train it is a warning.
     warnings = environment_problems(result, plugins)
+    preview = None
+    if data_summary is not None and show_rows:
+        from ..preview import show
+
+        preview = show(result, data_summary, show_rows, plugins=plugins)
     if as_json:
         out: dict[str, object] = {"valid": True, "file": str(config), "warnings": warnings}
+        if preview is not None:
+            out["preview"] = preview.to_json()
         if resolved:
             out.update(result.to_json())
         if data_summary is not None:
@@ -79,6 +91,10 @@ def validate(config: Path, overrides: tuple[str, ...], resolved: bool, check_dat
     if warnings:
         click.echo("  valid, but `modelforge train` refuses to start it in this environment until then (exit 3)")
     if data_summary is not None:
+        for note in data_summary.notes:
+            click.secho(f"note: {note}", fg="yellow", err=True)
         click.echo(f"{data_summary.file}: {data_summary.describe()}")
+    if preview is not None:
+        click.echo(preview.text(color=True))  # click drops the colour when stdout is no terminal
     if resolved:
         print_resolved(result.data, result.sources)

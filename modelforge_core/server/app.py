@@ -371,6 +371,10 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
     async def validate(request: Request) -> Response:
         document = await service.read_document(request)
         check_data = _flag(request, "data")
+        try:
+            show = min(int(request.query_params.get("show", "0")), 50)
+        except ValueError:
+            raise ApiError(400, "bad_request", "show must be an integer") from None
         resolved, data = await anyio.to_thread.run_sync(lambda: service.resolve(document, check_data=check_data))
         out: dict[str, Any] = {"valid": True, "file": REQUEST_FILE,
                                "warnings": environment_problems(resolved, service.plugins)}
@@ -378,6 +382,11 @@ def create_app(settings: ServerSettings, *, plugins: Plugins | None = None, star
             out.update(resolved.to_json())
         if data is not None:
             out["data"] = data.to_json()
+            if show > 0:  # rows as the model sees them, as `modelforge validate --data --show N`
+                from ..preview import show as show_rows
+
+                shown = await anyio.to_thread.run_sync(lambda: show_rows(resolved, data, show, plugins=service.plugins))
+                out["preview"] = shown.to_json()
         return JSONResponse(out)
 
     async def jobs(request: Request) -> Response:

@@ -164,7 +164,7 @@ def preview_dataset(root: Path, given: str, limit: int = 5) -> Preview:
         if not isinstance(value, dict):
             problems.append({"line": number, "message": f"a row must be a JSON object, got {type(value).__name__}"})
             continue
-        from ..data import value_problem
+        from ..jsonpos import value_problem
 
         problem = value_problem(value)  # a lone surrogate cannot even be sent back as JSON
         if problem:

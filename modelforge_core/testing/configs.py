@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 
-def tiny_config(model: str | Path, dataset: str | Path, **overrides: Any) -> dict[str, Any]:
-    """A config that trains a tiny model in seconds on a CPU; ``overrides`` win."""
+def tiny_config(model: str | Path, dataset: str | Path | Mapping[str, Any] | list[Any],
+                **overrides: Any) -> dict[str, Any]:
+    """A config that trains a tiny model in seconds on a CPU; ``overrides`` win. ``dataset`` is a
+    path or a dataset object or list (sources, mixtures)."""
     config: dict[str, Any] = {
         "task": "text-generation",
         "model_name": str(model),
-        "dataset": str(dataset),
+        "dataset": dataset if isinstance(dataset, (Mapping, list)) else str(dataset),
         "compute_specs": "low_end",
         "use_4bit": False,
         "gradient_checkpointing": False,

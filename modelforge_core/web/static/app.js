@@ -14,6 +14,7 @@ let following = null; // { id, abort }
 let checkSeq = 0;
 let checkTimer = 0;
 let previewTimer = 0;
+let lastConfig = null; // the form's config when it last validated in the browser
 let lists = null;
 
 class HttpError extends Error {
@@ -110,6 +111,7 @@ function problemLine(error) {
 }
 
 function onFormChange(result) {
+  lastConfig = result.valid ? result.config : null;
   $("config-json").textContent = JSON.stringify(result.config, null, 2);
   showProblems(result.other);
   clearTimeout(checkTimer);
@@ -181,9 +183,49 @@ async function preview(path) {
     const wrap = document.createElement("div");
     wrap.className = "table-wrap";
     wrap.append(table);
-    box.replaceChildren(caption, wrap, ...problems);
+    const render = document.createElement("button");
+    render.type = "button";
+    render.id = "show-rendered";
+    render.textContent = "Show as the model sees it";
+    render.addEventListener("click", () => showRendered());
+    const rendered = document.createElement("div");
+    rendered.id = "rendered";
+    box.replaceChildren(caption, wrap, ...problems, render, rendered);
   } catch (error) {
     box.replaceChildren(cell("p", `Preview: ${error.message}`, "error-text"));
+  }
+}
+
+// The first rows through the chat template and the tokenizer, the trained tokens marked: what
+// `modelforge validate --data --show 3` prints.
+async function showRendered() {
+  const box = $("rendered");
+  if (!lastConfig) {
+    box.replaceChildren(cell("p", "Fix the config first: the rows are rendered with its model and task.", "error-text"));
+    return;
+  }
+  box.replaceChildren(cell("p", "rendering…", "muted"));
+  try {
+    const report = await api("/validate?data=true&show=3", { method: "POST", body: lastConfig });
+    const shown = report.preview;
+    const parts = [];
+    for (const row of shown.rows) {
+      parts.push(cell("p", `row ${row.index} (${row.where.split("/").pop()}): ${row.tokens} tokens, ` +
+        `${row.trained_tokens} trained (highlighted)`, "muted"));
+      const pre = document.createElement("pre");
+      pre.className = "rendered-row";
+      for (const segment of row.segments) pre.append(cell(segment.trained ? "mark" : "span", segment.text));
+      parts.push(pre);
+    }
+    const limit = shown.max_seq_length;
+    parts.push(cell("p", limit === null
+      ? `${shown.total_rows} rows; longest ${shown.longest_tokens} tokens`
+      : `${shown.total_rows} rows; longest ${shown.longest_tokens} tokens; ${shown.truncated_rows} longer than ` +
+        `max_seq_length ${limit} (truncated in training)`, "muted"));
+    box.replaceChildren(...parts);
+  } catch (error) {
+    const errors = error.body && error.body.errors ? error.body.errors.map(problemLine) : [error.message];
+    box.replaceChildren(...errors.map((line) => cell("p", line, "error-text")));
   }
 }
 

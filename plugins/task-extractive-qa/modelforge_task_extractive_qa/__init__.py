@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from modelforge_core import hookimpl
-from modelforge_core.api import LoadedModel, Task, required_text
+from modelforge_core.api import LoadedModel, RowFormat, Task, native, required_text
 from modelforge_core.errors import Problem
 
 #: The window length when ``max_seq_length`` is null (the usual SQuAD setting).
@@ -63,6 +63,10 @@ class ExtractiveQA(Task):
     generate_inputs: ClassVar[Mapping[str, str]] = {"context": "context", "question": "question"}
     span_answer: ClassVar[bool] = True
     default_sequence_length: ClassVar[int | None] = DEFAULT_MAX_LENGTH
+    formats: ClassVar[Sequence[RowFormat]] = (
+        native("squad", {"context", "question", "answers"}, {"id", "title"},
+               description='{"context", "question", "answers": {"text", "answer_start"}[, "id", "title"]}'),
+    )
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Windowing and span decoding for extractive question answering.",
         "properties": {

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from modelforge_core import hookimpl
-from modelforge_core.api import LoadedModel, Task, required_text
+from modelforge_core.api import LoadedModel, RowFormat, Task, native, required_text
 from modelforge_core.errors import Problem
 
 #: Model types whose config says "encoder-decoder" even without ``is_encoder_decoder``.
@@ -23,6 +23,9 @@ class Summarization(Task):
         "supervised": ('{"document": ..., "summary": ...}',),
     }
     generate_inputs: ClassVar[Mapping[str, str]] = {"document": "document"}
+    formats: ClassVar[Sequence[RowFormat]] = (
+        native("document_summary", {"document", "summary"}, {"id"}, description='{"document", "summary"[, "id"]}'),
+    )
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Generation settings for the summaries scored with ROUGE.",
         "properties": {

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from modelforge_core import hookimpl
-from modelforge_core.api import LoadedModel, Task, required_text
+from modelforge_core.api import ALPACA, MESSAGES, SHAREGPT, LoadedModel, RowFormat, Task, native, required_text
 from modelforge_core.errors import Problem
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -63,6 +63,15 @@ class TextGeneration(Task):
     generate_inputs: ClassVar[Mapping[str, str]] = {"prompt": "input", "system": "system"}
     required_inputs: ClassVar[tuple[str, ...] | None] = ("prompt",)
     conversational: ClassVar[bool] = True
+    formats: ClassVar[Sequence[RowFormat]] = (
+        native("input_output", {"input", "output"}, {"system"}, description='{"input", "output"[, "system"]}'),
+        MESSAGES,
+        native("prompt_completion", {"prompt", "completion"}, description='{"prompt", "completion"}'),
+        native("preference", {"prompt", "chosen", "rejected"}, shape="preference",
+               description='{"prompt", "chosen", "rejected"}'),
+        ALPACA,
+        SHAREGPT,
+    )
 
     def row_shape(self, row: Mapping[str, Any]) -> str | None:
         if "chosen" in row or "rejected" in row:
