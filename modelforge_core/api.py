@@ -1,8 +1,8 @@
-"""The public API for plugin authors: the three component kinds and what they exchange.
+"""The public API for plugin authors: the component kinds and what they exchange.
 
-A plugin subclasses :class:`Provider`, :class:`Strategy` or :class:`Task`, fills in the class
-attributes that describe it (its name, capabilities and options) and implements the methods.
-The class attributes are read when a config is validated, so everything at class level must be
+A plugin subclasses :class:`Provider`, :class:`Strategy`, :class:`Task` or :class:`Reward`,
+fills in the class attributes that describe it (its name, capabilities and options) and
+implements the methods. The class attributes are read when a config is validated, so everything at class level must be
 cheap; the methods run during training and may import torch, transformers, peft or trl inside.
 """
 
@@ -19,14 +19,15 @@ from .errors import Problem
 HEADS = ("causal-lm", "seq2seq-lm", "question-answering", "sequence-classification")
 
 #: Dataset shapes: ``supervised`` rows have a prompt and a target; ``preference`` rows
-#: have a prompt, a chosen and a rejected answer.
-DATA_SHAPES = ("supervised", "preference")
+#: have a prompt, a chosen and a rejected answer; ``prompt`` rows have a prompt and whatever
+#: fields reward functions read (a reference answer, test cases), for online RL such as grpo.
+DATA_SHAPES = ("supervised", "preference", "prompt")
 
 
 class Component:
     """What every provider, strategy and task has."""
 
-    #: ``"provider"``, ``"strategy"`` or ``"task"``; set by the base classes below.
+    #: ``"provider"``, ``"strategy"``, ``"task"`` or ``"reward"``; set by the base classes below.
     kind: ClassVar[str] = ""
     #: The name a config uses to select the component.
     name: ClassVar[str] = ""
@@ -176,6 +177,48 @@ class Strategy(Component):
         }
 
 
+class Reward(Component):
+    """A reward function for online RL strategies (grpo): scores completions, one float each.
+
+    A config names it in a strategy's reward list (``"grpo": {"rewards": [{"name": "regex",
+    "weight": 1.0, "options": {...}}]}``); :attr:`options_schema` describes those ``options``
+    (validated with the config, errors at ``grpo.rewards[0].options.<field>``). A reward must be
+    deterministic: the same completions, rows and options always give the same scores.
+    """
+
+    kind: ClassVar[str] = "reward"
+    #: Row fields the reward reads besides the prompt, with the default options (for
+    #: ``modelforge plugins``); :meth:`fields` gives them for given options.
+    row_fields: ClassVar[tuple[str, ...]] = ()
+    #: The lowest and highest score it gives, when bounded (documentation, ``modelforge plugins``).
+    score_range: ClassVar[tuple[float, float] | None] = None
+
+    def fields(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The row fields the reward reads with ``options`` (a reference answer's field, ...).
+
+        A strategy refuses rows that lack one before training starts.
+        """
+        return self.row_fields
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[str], *,
+              fields: Mapping[str, Sequence[Any]], options: Mapping[str, Any]) -> list[float]:
+        """One float per completion, in order.
+
+        :param prompts: the prompt of each completion's row (a string, or a list of
+            ``{"role", "content"}`` messages), repeated for each completion of a prompt.
+        :param completions: the generated texts (the assistant's answer, without the prompt).
+        :param fields: each field of :meth:`fields`, one value per completion (its row's).
+        :param options: the reward's options, defaults filled in.
+
+        Runs in the training loop: keep it fast and free of heavy imports where possible.
+        """
+        raise NotImplementedError
+
+    def capabilities(self) -> dict[str, Any]:
+        return {**super().capabilities(), "fields": list(self.row_fields),
+                "score_range": None if self.score_range is None else list(self.score_range)}
+
+
 @dataclass
 class LoadRequest:
     """What a strategy asks a provider to load."""
@@ -264,3 +307,6 @@ class TrainingJob:
     previous_metrics_before: dict[str, float] = field(default_factory=dict)
     #: The core's run folder object (``modelforge_core.runs.RunDir``), for extra outputs.
     run_dir: Any = None
+    #: The installed reward functions by name (for strategies that take a reward list; see
+    #: ``modelforge_core.rewards.reward_functions``).
+    rewards: Mapping[str, Reward] = field(default_factory=dict)

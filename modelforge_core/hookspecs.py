@@ -20,7 +20,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .api import Provider, RunInfo, Strategy, Task
+    from .api import Provider, Reward, RunInfo, Strategy, Task
 
 PROJECT_NAME = "modelforge"
 
@@ -59,6 +59,19 @@ def register_tasks(register: Callable[[Task], None]) -> None:
 
     :param register: call it with a :class:`modelforge_core.api.Task` instance for each task;
         its ``name`` is what a config's ``task`` field selects.
+    """
+
+
+@hookspec
+def register_rewards(register: Callable[[Reward], None]) -> None:
+    """Register reward functions (for online RL strategies such as grpo).
+
+    Called once when the plugin manager is built, like the other registration hooks.
+
+    :param register: call it with a :class:`modelforge_core.api.Reward` instance for each
+        reward function; its ``name`` is what a config names in a reward list
+        (``"grpo": {"rewards": [{"name": "exact_match", "weight": 1.0, "options": {}}]}``) and its
+        ``options_schema`` validates that entry's ``options``. A name registered twice is refused.
     """
 
 

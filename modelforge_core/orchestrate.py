@@ -246,6 +246,7 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag)], head=head,
         resume_from=checkpoint, save=save, report=report, say=display.message,
         stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
+        rewards=registry.rewards,
     )
     display.message(f"run folder: {run.path}")
     try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pluggy
 
 from . import hookspecs
-from .api import Component, Provider, RunInfo, Strategy, Task
+from .api import Component, Provider, Reward, RunInfo, Strategy, Task
 from .errors import PluginError
 
 if TYPE_CHECKING:
@@ -39,6 +39,11 @@ BUILTIN_DISTRIBUTIONS: Mapping[tuple[str, str], str] = {
     ("task", "text-generation"): "modelforge-task-text-generation",
     ("task", "summarization"): "modelforge-task-summarization",
     ("task", "extractive-question-answering"): "modelforge-task-extractive-qa",
+    ("strategy", "grpo"): "modelforge-strategy-grpo",
+    ("reward", "exact_match"): "modelforge-rewards-basic",
+    ("reward", "numeric_match"): "modelforge-rewards-basic",
+    ("reward", "regex"): "modelforge-rewards-basic",
+    ("reward", "length_penalty"): "modelforge-rewards-basic",
 }
 
 
@@ -73,17 +78,19 @@ class Registry:
     providers: dict[str, Provider] = field(default_factory=dict)
     strategies: dict[str, Strategy] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
+    rewards: dict[str, Reward] = field(default_factory=dict)
     owners: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {"provider": self.providers, "strategy": self.strategies,
-                                             "task": self.tasks}
+                                             "task": self.tasks, "reward": self.rewards}
         return tables[kind]
 
     def components(self) -> Iterable[Component]:
         yield from self.tasks.values()
         yield from self.strategies.values()
         yield from self.providers.values()
+        yield from self.rewards.values()
 
     def add(self, component: Component, owner: PluginInfo, expected: type[C]) -> None:
         if not isinstance(component, expected):
@@ -115,8 +122,8 @@ class Registry:
         component's options object: the effective schema has one property per name."""
         taken = {name: "the config field of that name" for name in config_fields}
         for component in self.components():
-            if component.options_schema is None:
-                continue
+            if component.options_schema is None or component.kind == "reward":
+                continue  # a reward's options live in its entry of a reward list
             owner = self.owner_of(component)
             if component.name in taken:
                 raise PluginError(
@@ -170,13 +177,14 @@ class Hooks:
                 ) from exc
 
     def register_components(self) -> Registry:
-        """Run the three registration hooks and return the registry they filled."""
+        """Run the registration hooks and return the registry they filled."""
         from .schema import canonical_schema
 
         registry = Registry()
         self._register_into("register_tasks", registry, Task)
         self._register_into("register_strategies", registry, Strategy)
         self._register_into("register_providers", registry, Provider)
+        self._register_into("register_rewards", registry, Reward)
         registry.check_option_names(canonical_schema()["properties"])
         return registry
 

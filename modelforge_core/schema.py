@@ -123,7 +123,12 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
         )
     rules = [r for r in schema["allOf"] if r.get("$comment") != "compatibility"]
     rules.extend(compatibility_rules(registry))
+    from .rewards import reward_list_schema
+
+    schema.setdefault("$defs", {})["rewards"] = reward_list_schema(registry)
     for component in registry.components():
+        if component.kind == "reward":
+            continue  # its options are checked in each entry of a reward list ($defs/rewards)
         if component.options_schema is not None:
             fragment = copy.deepcopy(dict(component.options_schema))
             fragment.setdefault("type", "object")
@@ -266,6 +271,10 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
                     add(path, reason, "not_installed" if value in canonical else "enum",
                         f"did you mean {suggestion!r}?" if suggestion else hint)
                     continue
+            if (plugins is not None and path and path[-1] == "name" and isinstance(value, str)
+                    and value not in plugins.registry.rewards and ("reward", value) in _builtin_names()):
+                add(path, plugins.why_missing("reward", value), "not_installed", hint)
+                continue
             choices = ", ".join(_describe(c) for c in error.validator_value)
             suggestion = _suggest(str(value), [str(c) for c in error.validator_value])
             add(path, f"{_describe(value)} is not one of {choices}", "enum",
@@ -298,6 +307,12 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
              if not (p.code == "conflict" and p.path in unknown_choice)
              and not (p.code == "enum" and p.path in wrong_type)]  # "not a string" says it all
     return sorted(found, key=lambda p: (p.path, p.message))
+
+
+def _builtin_names() -> set[tuple[str, str]]:
+    from .plugins import BUILTIN_DISTRIBUTIONS
+
+    return set(BUILTIN_DISTRIBUTIONS)
 
 
 def _unknown_component_options(name: str, plugins: Plugins) -> str | None:
