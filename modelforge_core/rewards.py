@@ -75,6 +75,21 @@ def reward_list_schema(registry: Registry) -> dict[str, Any]:
     }
 
 
+def inline_reward_lists(node: Any, list_schema: Mapping[str, Any]) -> Any:
+    """``node`` with every ``{"$ref": REWARDS_REF, ...}`` replaced by ``list_schema`` (sibling
+    keywords such as a ``description`` kept): error paths and form builders then see the list
+    itself, not a reference."""
+    if isinstance(node, list):
+        return [inline_reward_lists(item, list_schema) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    if node.get("$ref") == REWARDS_REF:
+        merged = copy.deepcopy(dict(list_schema))
+        merged.update({k: v for k, v in node.items() if k != "$ref"})
+        return merged
+    return {key: inline_reward_lists(value, list_schema) for key, value in node.items()}
+
+
 def options_with_defaults(reward: Reward, given: Mapping[str, Any] | None) -> dict[str, Any]:
     """The reward's options: its schema's defaults, then what the config gives."""
     props = (reward.options_schema or {}).get("properties", {})

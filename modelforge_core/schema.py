@@ -123,14 +123,14 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
         )
     rules = [r for r in schema["allOf"] if r.get("$comment") != "compatibility"]
     rules.extend(compatibility_rules(registry))
-    from .rewards import reward_list_schema
+    from .rewards import inline_reward_lists, reward_list_schema
 
-    schema.setdefault("$defs", {})["rewards"] = reward_list_schema(registry)
+    rewards = schema.setdefault("$defs", {})["rewards"] = reward_list_schema(registry)
     for component in registry.components():
         if component.kind == "reward":
             continue  # its options are checked in each entry of a reward list ($defs/rewards)
         if component.options_schema is not None:
-            fragment = copy.deepcopy(dict(component.options_schema))
+            fragment = inline_reward_lists(copy.deepcopy(dict(component.options_schema)), rewards)
             fragment.setdefault("type", "object")
             fragment.setdefault("additionalProperties", False)
             fragment.setdefault("description", f"Options of the {component.name} {component.kind}.")
@@ -259,6 +259,11 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
                 "conflict")
             continue
         value = error.instance
+        if (keyword in ("enum", "not") and plugins is not None and path and path[-1] == "name"
+                and isinstance(value, str) and value not in plugins.registry.rewards
+                and ("reward", value) in _builtin_names()):
+            add(path, plugins.why_missing("reward", value), "not_installed", hint)  # a built-in reward
+            continue
         if keyword == "enum":
             unknown_choice.add(_path_text(path))
             field = path[-1] if path else None
@@ -271,10 +276,6 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
                     add(path, reason, "not_installed" if value in canonical else "enum",
                         f"did you mean {suggestion!r}?" if suggestion else hint)
                     continue
-            if (plugins is not None and path and path[-1] == "name" and isinstance(value, str)
-                    and value not in plugins.registry.rewards and ("reward", value) in _builtin_names()):
-                add(path, plugins.why_missing("reward", value), "not_installed", hint)
-                continue
             choices = ", ".join(_describe(c) for c in error.validator_value)
             suggestion = _suggest(str(value), [str(c) for c in error.validator_value])
             add(path, f"{_describe(value)} is not one of {choices}", "enum",

@@ -23,9 +23,12 @@ def _loss_rule(loss: str, level: str) -> dict[str, Any]:
     return {
         "description": f"The {loss} loss of the grpo strategy needs grpo.importance_sampling_level {level!r}.",
         "if": {"properties": {"strategy": {"const": "grpo"},
-                              "grpo": {"properties": {"loss_type": {"const": loss}}, "required": ["loss_type"]}},
+                              "grpo": {"type": "object", "properties": {"loss_type": {"const": loss}},
+                                       "required": ["loss_type"]}},
                "required": ["strategy", "grpo"]},
-        "then": {"properties": {"grpo": {"properties": {"importance_sampling_level": {"const": level}}}}},
+        "then": {"properties": {"grpo": {"type": "object",
+                                         "properties": {"importance_sampling_level": {"const": level}},
+                                         "required": ["importance_sampling_level"]}}},
     }
 
 
