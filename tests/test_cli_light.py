@@ -202,11 +202,10 @@ def test_plugins_json(modelforge: Run) -> None:
         row = rows[distribution]
         assert row["version"]
         registration = {"provider": "register_providers", "strategy": "register_strategies",
-                        "task": "register_tasks"}[kind]
+                        "task": "register_tasks", "reward": "register_rewards"}[kind]
         assert registration in row["hooks"]  # a built-in may use lifecycle hooks too
         assert row["hooks"] == sorted(row["hooks"])
-        (component,) = row["components"]
-        assert (component["kind"], component["name"]) == (kind, name)
+        [component] = [c for c in row["components"] if (c["kind"], c["name"]) == (kind, name)]
         assert "needs_gpu" in component["capabilities"]
     dpo = rows["modelforge-strategy-dpo"]["components"][0]
     assert dpo["capabilities"]["data_shape"] == "preference"

@@ -39,6 +39,7 @@ function kindOf(prop) {
   if (t.includes("number")) return "number";
   if (t.includes("string")) return "string";
   if (prop.oneOf && prop.oneOf.some((alt) => alt.type === "array")) return "list";
+  if (t.includes("array")) return "json"; // a list of objects (grpo's rewards), written as JSON
   if (t.includes("object") || prop.properties) return "object";
   return "string";
 }
@@ -159,6 +160,8 @@ export class SchemaForm {
     } else if (kind === "integer" || kind === "number") {
       input = el("input", { id, name: key, type: "number", inputmode: kind === "integer" ? "numeric" : "decimal",
         step: kind === "integer" ? "1" : "any", min: prop.minimum, max: prop.maximum });
+    } else if (kind === "json") {
+      input = el("textarea", { id, name: key, rows: "3", spellcheck: "false", autocomplete: "off" });
     } else {
       input = el("input", { id, name: key, type: "text", spellcheck: "false", autocomplete: "off",
         list: key === "dataset" ? "datasets-list" : key === "model_name" ? "models-list" : undefined });
@@ -201,6 +204,7 @@ export class SchemaForm {
     const { input, kind } = field;
     if (kind === "boolean") input.checked = value === true;
     else if (kind === "list") input.value = Array.isArray(value) ? value.join(", ") : value ?? "";
+    else if (kind === "json") input.value = value === undefined ? "" : JSON.stringify(value);
     else input.value = value === undefined || value === null ? "" : String(value);
   }
 
@@ -213,6 +217,10 @@ export class SchemaForm {
       if (input.validity && input.validity.badInput) return "not a number";
       if (text === "") return nullable ? null : undefined;
       return Number(text);
+    }
+    if (kind === "json") {
+      if (text === "") return undefined;
+      try { return JSON.parse(text); } catch { return "not JSON"; }
     }
     if (kind === "list") {
       if (text === "" || text === "all-linear") return text || undefined;
@@ -294,6 +302,7 @@ export class SchemaForm {
     for (const field of this.fields.values()) {
       const value = this.inputValue(field);
       if (value === "not a number") fieldErrors.set(field.key, ["must be a number"]);
+      if (value === "not JSON" && field.kind === "json") fieldErrors.set(field.key, ["must be JSON, e.g. [{\"name\": \"regex\"}]"]);
     }
     const everything = this.withDefaults();
     for (const rule of this.rules) {

@@ -45,7 +45,10 @@ class GRPOStrategy(Strategy):
             "rewards": {"$ref": REWARDS_REF,
                         "description": ("The reward functions and their weights: [{\"name\": \"regex\", "
                                         "\"weight\": "
-                                        "1.0, \"options\": {...}}, ...]; see modelforge plugins.")},
+                                        "1.0, \"options\": {...}}, ...]; see modelforge plugins."),
+                        "examples": [[{"name": "regex", "weight": 1.0, "options": {"pattern": "<answer>.*</answer>"}},
+                                      {"name": "exact_match", "weight": 2.0,
+                                       "options": {"extract": "<answer>(.*)</answer>"}}]]},
             "num_generations": {"type": "integer", "minimum": 2, "maximum": 64, "default": 4,
                                 "description": "Completions sampled per prompt (the group its advantages compare).",
                                 "examples": [4, 8]},
