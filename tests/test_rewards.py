@@ -96,13 +96,14 @@ def test_a_strategy_registered_as_a_reward_is_refused() -> None:
     class NotAReward(Strategy):
         name: ClassVar[str] = "nope"
 
-    with pytest.raises(PluginError, match="registered .* as a reward, but it is not a modelforge_core.api.Reward"):
+    with pytest.raises(PluginError, match=r"registered .* as a reward, but it is not a modelforge_core\.api\.Reward"):
         with_rewards(NotAReward())
 
 
 @pytest.mark.parametrize(("rewards", "expected"), [
     ([{"name": "exact_mach"}],
-     [("grpo.rewards[0].name", '"exact_mach" is not one of "exact_match", "length_penalty", "numeric_match", "regex"')]),
+     [("grpo.rewards[0].name",
+       '"exact_mach" is not one of "exact_match", "length_penalty", "numeric_match", "regex"')]),
     ([{"name": "regex"}, {"name": "numeric_match", "options": {"tolerance": -1}}],
      [("grpo.rewards[1].options.tolerance", "-1 is below the minimum of 0")]),
     ([{"name": "regex", "options": {"patern": "x"}}], [("grpo.rewards[0].options.patern", "unknown field 'patern'")]),
@@ -159,8 +160,9 @@ def test_ajv_gives_the_same_verdicts_on_reward_lists(builtin_plugins: Plugins, t
     ]
     configs = [{**BASE, "grpo": {"rewards": r}} for r in lists]
     items = [{"name": str(i), "config": c} for i, c in enumerate(configs)]
-    result = subprocess.run([node, str(REPO / "schema/scripts/ajv-verdicts.mjs"), str(tmp_path / "effective.json"), "-"],
-                            input=json.dumps(items), capture_output=True, text=True, check=True, timeout=60)
+    script = REPO / "schema/scripts/ajv-verdicts.mjs"
+    result = subprocess.run([node, str(script), str(tmp_path / "effective.json"), "-"], input=json.dumps(items),
+                            capture_output=True, text=True, check=True, timeout=60)
     ajv = [v["valid"] for v in json.loads(result.stdout)]
     python = [not validate_instance(c, schema, builtin_plugins) for c in configs]
     assert ajv == python == [True, True, False, True, False, False, False, False]

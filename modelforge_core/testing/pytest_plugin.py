@@ -66,6 +66,19 @@ def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pretrained_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's tiny Llama (hidden size 128) given some language by ``pretrain_causal_lm``:
+    built once per test session (about 30 s on two idle CPU cores), shared by every test that
+    needs a base whose generations already look like sentences (after-training, grpo).
+    Read-only: copy it before changing it."""
+    from .tiny import build_tiny_causal_lm, pretrain_causal_lm
+
+    base = tmp_path_factory.mktemp("pretrained-causal-lm") / "base-model"
+    build_tiny_causal_lm(base, hidden_size=128)
+    return pretrain_causal_lm(base)
+
+
+@pytest.fixture(scope="session")
 def tiny_seq2seq_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-init T5 with a unigram tokenizer."""
     from .tiny import build_tiny_seq2seq_lm
