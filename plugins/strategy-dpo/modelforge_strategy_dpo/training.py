@@ -105,7 +105,8 @@ def train(job: TrainingJob) -> TrainResult:
     args = DPOConfig(**job.trainer_arguments(
         args_class=DPOConfig, has_eval=eval_ds is not None, max_length=max_length,
         beta=float(options["beta"]), loss_type=options["loss_type"],
-        label_smoothing=float(options["label_smoothing"]), precompute_ref_log_probs=False,
+        label_smoothing=float(options["label_smoothing"]), discopop_tau=float(options["discopop_tau"]),
+        precompute_ref_log_probs=False,
         dataset_num_proc=None, **random_sampling(job.config, job.say)))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, callbacks=job.callbacks)
