@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from modelforge_strategy_dpo import LOSS_TYPES
 
 from modelforge_core.testing.datasets import preference_rows, write_jsonl
 from modelforge_core.testing.pytest_plugin import tiny_config
-from modelforge_strategy_dpo import LOSS_TYPES
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +30,7 @@ class Built(Exception):
 
 
 @pytest.fixture
-def stop_after_building(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def stop_after_building(monkeypatch: pytest.MonkeyPatch) -> None:
     from trl import DPOTrainer
 
     original = DPOTrainer.__init__
@@ -41,7 +40,6 @@ def stop_after_building(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         raise Built(self)
 
     monkeypatch.setattr(DPOTrainer, "__init__", build_then_stop)
-    yield
 
 
 def test_the_schema_offers_every_loss_of_the_installed_trl() -> None:
