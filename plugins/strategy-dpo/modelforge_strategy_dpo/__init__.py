@@ -20,7 +20,8 @@ LOSS_TYPES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "nca_pair",
 def _loss_rule(loss: str, description: str, label_smoothing: Mapping[str, Any], *, required: bool) -> dict[str, Any]:
     """A rule on ``dpo.label_smoothing`` that holds when ``dpo.loss_type`` is ``loss``; with
     ``required``, a config that leaves label_smoothing at its default breaks it too."""
-    then: dict[str, Any] = {"type": "object", "properties": {"label_smoothing": dict(label_smoothing)}}
+    then: dict[str, Any] = {"type": "object",
+                            "properties": {"label_smoothing": {"type": "number", **label_smoothing}}}
     if required:
         then["required"] = ["label_smoothing"]
     return {
