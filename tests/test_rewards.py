@@ -197,3 +197,15 @@ def test_cli_plugins_lists_rewards(modelforge: Callable[..., subprocess.Complete
     assert components["regex"]["options"] == ["ignore_case", "mode", "pattern"]
     text = modelforge("plugins")
     assert "reward 'numeric_match'" in text.stdout
+
+
+def test_validate_data_checks_prompt_rows_by_line(modelforge: Callable[..., subprocess.CompletedProcess[str]],
+                                                  tmp_path: Path) -> None:
+    rows = [{"prompt": "Where does the fox live?", "answer": "forest"}, {"prompt": 7},
+            {"prompt": [{"role": "user", "content": "Hi"}], "answer": "x"}, {"prompt": "Q", "completion": "A"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "cfg.json").write_text(json.dumps({**BASE, "grpo": {"rewards": [{"name": "exact_match"}]}}))
+    result = modelforge("validate", "cfg.json", "--data", "--json", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    found = {(e["line"], e["path"]) for e in json.loads(result.stdout)["errors"]}
+    assert found == {(2, "prompt"), (4, "(row)")}  # a supervised row is not a prompt row
