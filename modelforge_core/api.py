@@ -1,8 +1,8 @@
-"""The public API for plugin authors: the three component kinds and what they exchange.
+"""The public API for plugin authors: the component kinds and what they exchange.
 
-A plugin subclasses :class:`Provider`, :class:`Strategy` or :class:`Task`, fills in the class
-attributes that describe it (its name, capabilities and options) and implements the methods.
-The class attributes are read when a config is validated, so everything at class level must be
+A plugin subclasses :class:`Provider`, :class:`Strategy`, :class:`Task` or :class:`Reward`,
+fills in the class attributes that describe it (its name, capabilities and options) and
+implements the methods. The class attributes are read when a config is validated, so everything at class level must be
 cheap; the methods run during training and may import torch, transformers, peft or trl inside.
 
 Public API (docs/plugins.md, "The public API"): within a minor release series, attributes,
@@ -24,18 +24,23 @@ from .rowformats import SHAREGPT as SHAREGPT  # noqa: PLC0414
 from .rowformats import RowFormat as RowFormat  # noqa: PLC0414
 from .rowformats import native as native  # noqa: PLC0414
 
+#: Where a strategy's options point a list of rewards (``"rewards": {"$ref": REWARDS_REF}``): the
+#: core builds that list's schema from the installed rewards (``register_rewards``).
+REWARDS_REF = "#/$defs/rewards"
+
 #: Model heads a provider can load and a task can ask for.
 HEADS = ("causal-lm", "seq2seq-lm", "question-answering", "sequence-classification")
 
 #: Dataset shapes: ``supervised`` rows have a prompt and a target; ``preference`` rows
-#: have a prompt, a chosen and a rejected answer.
-DATA_SHAPES = ("supervised", "preference")
+#: have a prompt, a chosen and a rejected answer; ``prompt`` rows have a prompt and whatever
+#: fields reward functions read (a reference answer, test cases), for online RL such as grpo.
+DATA_SHAPES = ("supervised", "preference", "prompt")
 
 
 class Component:
     """What every provider, strategy and task has."""
 
-    #: ``"provider"``, ``"strategy"`` or ``"task"``; set by the base classes below.
+    #: ``"provider"``, ``"strategy"``, ``"task"`` or ``"reward"``; set by the base classes below.
     kind: ClassVar[str] = ""
     #: The name a config uses to select the component.
     name: ClassVar[str] = ""
@@ -265,6 +270,48 @@ class Strategy(Component):
         }
 
 
+class Reward(Component):
+    """A reward function for online RL strategies (grpo): scores completions, one float each.
+
+    A config names it in a strategy's reward list (``"grpo": {"rewards": [{"name": "regex",
+    "weight": 1.0, "options": {...}}]}``); :attr:`options_schema` describes those ``options``
+    (validated with the config, errors at ``grpo.rewards[0].options.<field>``). A reward must be
+    deterministic: the same completions, rows and options always give the same scores.
+    """
+
+    kind: ClassVar[str] = "reward"
+    #: Row fields the reward reads besides the prompt, with the default options (for
+    #: ``modelforge plugins``); :meth:`fields` gives them for given options.
+    row_fields: ClassVar[tuple[str, ...]] = ()
+    #: The lowest and highest score it gives, when bounded (documentation, ``modelforge plugins``).
+    score_range: ClassVar[tuple[float, float] | None] = None
+
+    def fields(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The row fields the reward reads with ``options`` (a reference answer's field, ...).
+
+        A strategy refuses rows that lack one before training starts.
+        """
+        return self.row_fields
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[str], *,
+              fields: Mapping[str, Sequence[Any]], options: Mapping[str, Any]) -> list[float]:
+        """One float per completion, in order.
+
+        :param prompts: the prompt of each completion's row (a string, or a list of
+            ``{"role", "content"}`` messages), repeated for each completion of a prompt.
+        :param completions: the generated texts (the assistant's answer, without the prompt).
+        :param fields: each field of :meth:`fields`, one value per completion (its row's).
+        :param options: the reward's options, defaults filled in.
+
+        Runs in the training loop: keep it fast and free of heavy imports where possible.
+        """
+        raise NotImplementedError
+
+    def capabilities(self) -> dict[str, Any]:
+        return {**super().capabilities(), "fields": list(self.row_fields),
+                "score_range": None if self.score_range is None else list(self.score_range)}
+
+
 @dataclass
 class LoadRequest:
     """What a strategy asks a provider to load."""
@@ -371,6 +418,9 @@ class TrainingJob:
     run_dir: Any = None
     #: Each data source's fingerprint and mapping (format, columns, split, ...), for the data cache key.
     data_sources: list[dict[str, Any]] = field(default_factory=list)
+    #: The installed reward functions by name (for strategies that take a reward list; see
+    #: ``modelforge_core.trainer.reward_functions``).
+    rewards: Mapping[str, Reward] = field(default_factory=dict)
 
 
 # --- data sources (the register_data_sources hook) -------------------------------------------

@@ -23,7 +23,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .api import DataSource, Provider, RunInfo, Strategy, Task
+    from .api import DataSource, Provider, Reward, RunInfo, Strategy, Task
 
 PROJECT_NAME = "modelforge"
 
@@ -76,6 +76,19 @@ def register_data_sources(register: Callable[[DataSource], None]) -> None:
         source. A dataset location that its ``claims`` accepts (``s3://...``), or a dataset object
         with ``"source": "<name>"``, is read by it; its ``options_schema`` describes the object
         users write under its name in the dataset object. A name registered twice is refused.
+    """
+
+
+@hookspec
+def register_rewards(register: Callable[[Reward], None]) -> None:
+    """Register reward functions (for online RL strategies such as grpo).
+
+    Called once when the plugin manager is built, like the other registration hooks.
+
+    :param register: call it with a :class:`modelforge_core.api.Reward` instance for each
+        reward function; its ``name`` is what a config names in a reward list
+        (``"grpo": {"rewards": [{"name": "exact_match", "weight": 1.0, "options": {}}]}``) and its
+        ``options_schema`` validates that entry's ``options``. A name registered twice is refused.
     """
 
 

@@ -285,6 +285,7 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         previous_metrics=previous_metrics, stage=stages.enter,
         data_sources=[{"fingerprint": s["fingerprint"], "mapping": {k: s.get(k) for k in MAPPING_KEYS}}
                       for s in data.sources],
+        rewards=registry.rewards,
     )
     display.message(f"run folder: {run.path}")
     try:

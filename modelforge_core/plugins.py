@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pluggy
 
 from . import hookspecs
-from .api import Component, Provider, RunInfo, Strategy, Task
+from .api import Component, Provider, Reward, RunInfo, Strategy, Task
 from .errors import PluginError
 from .schema import (
     canonical_schema,
@@ -49,6 +49,11 @@ BUILTIN_DISTRIBUTIONS: Mapping[tuple[str, str], str] = {
     ("task", "text-generation"): "modelforge-task-text-generation",
     ("task", "summarization"): "modelforge-task-summarization",
     ("task", "extractive-question-answering"): "modelforge-task-extractive-qa",
+    ("strategy", "grpo"): "modelforge-strategy-grpo",
+    ("reward", "exact_match"): "modelforge-rewards-basic",
+    ("reward", "numeric_match"): "modelforge-rewards-basic",
+    ("reward", "regex"): "modelforge-rewards-basic",
+    ("reward", "length_penalty"): "modelforge-rewards-basic",
 }
 
 
@@ -85,17 +90,19 @@ class Registry:
     tasks: dict[str, Task] = field(default_factory=dict)
     #: Data sources (``register_data_sources``): where dataset rows come from.
     sources: dict[str, DataSource] = field(default_factory=dict)
+    rewards: dict[str, Reward] = field(default_factory=dict)
     owners: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {"provider": self.providers, "strategy": self.strategies,
-                                             "task": self.tasks, "source": self.sources}
+                                             "task": self.tasks, "source": self.sources, "reward": self.rewards}
         return tables[kind]
 
     def components(self) -> Iterable[Component]:
         yield from self.tasks.values()
         yield from self.strategies.values()
         yield from self.providers.values()
+        yield from self.rewards.values()
 
     def add(self, component: Component, owner: PluginInfo, expected: type[C]) -> None:
         if not isinstance(component, expected):
@@ -127,8 +134,8 @@ class Registry:
         component's options object: the effective schema has one property per name."""
         taken = {name: "the config field of that name" for name in config_fields}
         for component in self.components():
-            if component.options_schema is None:
-                continue
+            if component.options_schema is None or component.kind == "reward":
+                continue  # a reward's options live in its entry of a reward list
             owner = self.owner_of(component)
             if component.name in taken:
                 raise PluginError(
@@ -194,6 +201,7 @@ class Hooks:
         self._register_into("register_strategies", registry, Strategy)
         self._register_into("register_providers", registry, Provider)
         self._register_into("register_data_sources", registry, DataSource)
+        self._register_into("register_rewards", registry, Reward)
         registry.check_option_names(canonical_schema()["properties"])
         return registry
 
@@ -229,6 +237,10 @@ class Plugins:
         if plugin is None:
             return []
         return sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or [])
+
+    def is_builtin(self, kind: str, name: str) -> bool:
+        """Whether a built-in distribution provides the ``kind`` called ``name``."""
+        return (kind, name) in BUILTIN_DISTRIBUTIONS
 
     def why_missing(self, kind: str, name: str) -> str:
         """A sentence saying why no ``kind`` called ``name`` is available."""

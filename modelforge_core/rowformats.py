@@ -44,6 +44,8 @@ class RowFormat:
     :param shape: the data shape of its rows (``supervised`` or ``preference``).
     :param convert: turns a row into the task's own keys; ``None``: the row is already in them.
     :param description: one line for error hints and docs (``{"instruction", "input", "output"}``).
+    :param open: rows may carry any other key besides (grpo's prompt rows: the fields its rewards
+        read). A row that an exact (not open) format also matches is read as that one.
     """
 
     name: str
@@ -52,6 +54,7 @@ class RowFormat:
     shape: str = "supervised"
     convert: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     description: str = ""
+    open: bool = False
 
     @property
     def keys(self) -> frozenset[str]:
@@ -59,16 +62,16 @@ class RowFormat:
 
     def matches(self, keys: Iterable[str]) -> bool:
         present = set(keys)
-        return self.required <= present <= self.keys
+        return self.required <= present and (self.open or present <= self.keys)
 
     def label(self) -> str:
         return f"{self.name} {self.description or sorted(self.required)}"
 
 
 def native(name: str, required: Iterable[str], optional: Iterable[str] = (), *, shape: str = "supervised",
-           description: str = "") -> RowFormat:
+           description: str = "", open: bool = False) -> RowFormat:
     """A task's own row format: rows pass to the task unchanged."""
-    return RowFormat(name, frozenset(required), frozenset(optional), shape, None, description)
+    return RowFormat(name, frozenset(required), frozenset(optional), shape, None, description, open)
 
 
 # --- the common outside formats ---------------------------------------------------------------
@@ -181,6 +184,9 @@ def detect(row: Mapping[str, Any], formats: Sequence[RowFormat], *, forced: str 
         candidates = [chosen]
     else:
         candidates = [f for f in formats if f.matches(keys)]
+        exact = [f for f in candidates if not f.open]
+        if exact and len(exact) < len(candidates):  # an exact format wins over an open one
+            candidates = exact
     if len(candidates) > 1:
         names = ", ".join(f.name for f in candidates)
         return Detected(None, None, [Problem("(row)", f"fields {sorted(keys)} match several row formats: {names}",

@@ -206,9 +206,14 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
                 f"{c.name} ({c.description.rstrip('.') or 'no description'})" for c in added) + "."
     rules = [r for r in schema["allOf"] if r.get("$comment") != "compatibility"]
     rules.extend(rules_with_missing_builtins(compatibility_rules(registry), registry))
+    from .rewards import inline_reward_lists, reward_list_schema
+
+    rewards = schema.setdefault("$defs", {})["rewards"] = reward_list_schema(registry)
     for component in registry.components():
+        if component.kind == "reward":
+            continue  # its options are checked in each entry of a reward list ($defs/rewards)
         if component.options_schema is not None:
-            fragment = copy.deepcopy(dict(component.options_schema))
+            fragment = inline_reward_lists(copy.deepcopy(dict(component.options_schema)), rewards)
             fragment.setdefault("type", "object")
             fragment.setdefault("additionalProperties", False)
             fragment.setdefault("description", f"Options of the {component.name} {component.kind}.")
@@ -367,6 +372,11 @@ def problems_from_errors(errors: Iterable[ValidationError], schema: Mapping[str,
                 "conflict")
             continue
         value = error.instance
+        if (keyword in ("enum", "not") and plugins is not None and path and path[-1] == "name"
+                and isinstance(value, str) and value not in plugins.registry.rewards
+                and plugins.is_builtin("reward", value)):
+            add(path, plugins.why_missing("reward", value), "not_installed", hint)  # a built-in reward
+            continue
         if keyword == "enum":
             unknown_choice.add(_path_text(path))
             field = path[-1] if path else None

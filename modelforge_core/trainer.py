@@ -36,26 +36,33 @@ from typing import Any
 from .api import LoadedModel, TrainingJob, TrainResult
 from .errors import Interrupted
 from .quantization import keep_4bit_trainable
+from .rewards import ROW_COLUMN, RewardFunction, missing_fields, reward_functions
+from .rewards import describe as describe_rewards
 from .trainloss import resumed_step, train_loss_over_all_steps
 
 __all__ = [
     "LANGUAGE_MODEL_HEADS",
     "NOISE_SUFFIXES",
     "PREFERENCE_METRICS",
+    "ROW_COLUMN",
     "Interrupted",
+    "RewardFunction",
     "build_arguments",
     "choose_max_length",
     "clean_metrics",
+    "describe_rewards",
     "encode_preference",
     "evaluate_stage",
     "evaluate_trainer",
     "keep_4bit_trainable",
+    "missing_fields",
     "preference_datasets",
     "preference_max_length",
     "preference_sampling",
     "prepare_trainer",
     "quiet_libraries",
     "resumed_step",
+    "reward_functions",
     "run_preference",
     "run_supervised",
     "supervised_trainer",

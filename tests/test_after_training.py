@@ -73,7 +73,8 @@ class TrainedHarbours:
 
 
 @pytest.fixture(scope="module")
-def trained(builtin_plugins: Plugins, tmp_path_factory: pytest.TempPathFactory) -> TrainedHarbours:
+def trained(builtin_plugins: Plugins, pretrained_causal_lm: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> TrainedHarbours:
     """The demo's tiny Llama, pre-trained, then LoRA-fine-tuned on the harbour facts (300 steps)."""
     from modelforge_core.config import resolve_config
     from modelforge_core.demo import DEMO_SETTINGS
@@ -81,13 +82,11 @@ def trained(builtin_plugins: Plugins, tmp_path_factory: pytest.TempPathFactory) 
     from modelforge_core.orchestrate import split_rows, train
     from modelforge_core.testing.datasets import capital_rows, write_jsonl
     from modelforge_core.testing.pytest_plugin import tiny_config
-    from modelforge_core.testing.tiny import build_tiny_causal_lm, pretrain_causal_lm
     from modelforge_core.training import Display
 
     workdir = tmp_path_factory.mktemp("after-training")
     base = workdir / "base-model"
-    build_tiny_causal_lm(base, hidden_size=128)
-    pretrain_causal_lm(base)
+    shutil.copytree(pretrained_causal_lm, base)  # the kit's session-wide pre-trained base
     rows = capital_rows()
     data = write_jsonl(workdir / "harbours.jsonl", rows)
     # The demo's settings, a little longer and faster: 10/10 held-out answers right instead of ~7/10.

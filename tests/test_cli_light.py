@@ -109,7 +109,8 @@ def test_validate_resolved_json(modelforge: Run, valid_config: Path) -> None:
                         "--set", "dpo.beta=0.5")
     report = json.loads(result.stdout)
     assert report["valid"] is True
-    assert report["config"]["dpo"] == {"beta": 0.5, "loss_type": "sigmoid", "label_smoothing": 0.0}
+    assert report["config"]["dpo"] == {"beta": 0.5, "loss_type": "sigmoid", "label_smoothing": 0.0,
+                                        "discopop_tau": 0.05}
     assert report["sources"]["dpo.beta"] == "--set"
     assert report["sources"]["dpo.loss_type"] == "default"
     assert report["config"]["dataset"] == str(valid_config.parent / "data" / "train.jsonl")
@@ -188,7 +189,7 @@ def test_plugins_lists_the_nine_builtins(modelforge: Run) -> None:
         assert f"{kind} {name!r}" in result.stdout
     assert "heads=causal-lm" in result.stdout
     assert "strategies=dpo|qlora|sft" in result.stdout  # unsloth's capability
-    assert "options: beta, label_smoothing, loss_type" in result.stdout
+    assert "options: beta, discopop_tau, label_smoothing, loss_type" in result.stdout
 
 
 def test_plugins_json(modelforge: Run) -> None:
@@ -202,15 +203,14 @@ def test_plugins_json(modelforge: Run) -> None:
         row = rows[distribution]
         assert row["version"]
         registration = {"provider": "register_providers", "strategy": "register_strategies",
-                        "task": "register_tasks"}[kind]
+                        "task": "register_tasks", "reward": "register_rewards"}[kind]
         assert registration in row["hooks"]  # a built-in may use lifecycle hooks too
         assert row["hooks"] == sorted(row["hooks"])
-        (component,) = row["components"]
-        assert (component["kind"], component["name"]) == (kind, name)
+        [component] = [c for c in row["components"] if (c["kind"], c["name"]) == (kind, name)]
         assert "needs_gpu" in component["capabilities"]
     dpo = rows["modelforge-strategy-dpo"]["components"][0]
     assert dpo["capabilities"]["data_shape"] == "preference"
-    assert dpo["options"] == ["beta", "label_smoothing", "loss_type"]
+    assert dpo["options"] == ["beta", "discopop_tau", "label_smoothing", "loss_type"]
     unsloth = rows["modelforge-provider-unsloth"]["components"][0]
     assert unsloth["capabilities"]["tasks"] == ["text-generation"]
 

@@ -346,7 +346,8 @@ def test_resolved_config_is_complete_ordered_and_typed(builtin_plugins: Plugins)
     assert list(resolved.data)[: len(canonical_fields)] == canonical_fields
     assert resolved["lora_r"] == 16
     assert type(resolved["lora_r"]) is int  # peft needs an int rank, JSON Schema accepted 16.0
-    assert resolved.options("dpo") == {"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0}
+    assert resolved.options("dpo") == {"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0,
+                                         "discopop_tau": 0.05}
     assert resolved.sources["dpo.beta"] == "default"
     assert resolved.options("rlhf") == {}
     assert "rlhf" not in resolved  # options of components not selected are not filled in
@@ -355,7 +356,8 @@ def test_resolved_config_is_complete_ordered_and_typed(builtin_plugins: Plugins)
 def test_option_defaults_merge_with_user_options(builtin_plugins: Plugins) -> None:
     resolved = resolve_config({**BASE, "strategy": "dpo", "dpo": {"beta": 0.3}}, plugins=builtin_plugins,
                               overrides={"dpo": {"loss_type": "ipo"}})
-    assert resolved.options("dpo") == {"beta": 0.3, "loss_type": "ipo", "label_smoothing": 0.0}
+    assert resolved.options("dpo") == {"beta": 0.3, "loss_type": "ipo", "label_smoothing": 0.0,
+                                         "discopop_tau": 0.05}
     assert (resolved.sources["dpo.beta"], resolved.sources["dpo.loss_type"],
             resolved.sources["dpo.label_smoothing"]) == ("api", "--set", "default")
 

@@ -72,7 +72,8 @@ def test_hookspec_docstring_names_every_parameter(name: str) -> None:
         assert f":param {param}:" in doc, f"{name}: document {param}"
 
 
-@pytest.mark.parametrize("cls", [api.Component, api.Provider, api.Task, api.Strategy], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [api.Component, api.Provider, api.Task, api.Strategy, api.Reward],
+                         ids=lambda c: c.__name__)
 def test_component_attributes_are_documented(cls: type) -> None:
     guide = GUIDE.read_text("utf-8")
     public = [name for name in vars(cls) if not name.startswith("_") and name != "kind"]

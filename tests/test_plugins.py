@@ -149,7 +149,7 @@ def test_builtins_are_found_through_entry_points(builtin_plugins: Plugins) -> No
         assert owner.distribution == distribution
         assert owner.version
         assert builtin_plugins.infos[owner.name] == owner
-    assert len({registry.owner_of(c).distribution for c in registry.components()}) == 9
+    assert {registry.owner_of(c).distribution for c in registry.components()} == set(BUILTIN_DISTRIBUTIONS.values())
 
 
 def test_no_plugin_is_loaded_at_import_time() -> None:
@@ -380,7 +380,7 @@ def test_unknown_third_party_name_lists_what_is_installed(builtin_plugins: Plugi
         resolve_config({**BASE, "strategy": "sft-frozen-embeddings"}, plugins=builtin_plugins)
     (problem,) = failure.value.problems
     assert problem.message == ("no installed plugin provides the strategy 'sft-frozen-embeddings' "
-                               "(installed: dpo, qlora, rlhf, sft)")
+                               "(installed: dpo, grpo, qlora, rlhf, sft)")
 
 
 def test_environment_check_is_a_readiness_problem_not_a_validation_error() -> None:
@@ -425,7 +425,7 @@ def test_canonical_compatibility_rules_agree_with_declared_capabilities(builtin_
     from_schema = _allowed_by_schema(schema, *names)
     from_capabilities = {combo for combo in itertools.product(*names) if not compatible(registry, *combo)}
     assert from_schema == from_capabilities
-    assert len(from_schema) == 11  # 4 + 3 text-generation, 2 summarization, 2 QA
+    assert len(from_schema) == 12  # 5 + 3 text-generation, 2 summarization, 2 QA
     effective = effective_schema(registry)
     assert _allowed_by_schema(effective, *names) == from_capabilities
 

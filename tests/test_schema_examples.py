@@ -291,6 +291,9 @@ def test_every_plugin_option_has_description_examples_and_default(builtin_plugin
             where = f"{component.name}.{name}"
             assert prop.get("description"), where
             assert prop.get("examples"), where
+            if name in component.options_schema.get("required", ()):  # type: ignore[union-attr]
+                assert "default" not in prop, f"{where} is required: a default would never apply"
+                continue
             assert "default" in prop, where
             assert not list(Draft202012Validator(prop).iter_errors(prop["default"])), where
 

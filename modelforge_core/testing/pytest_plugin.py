@@ -93,6 +93,16 @@ def force_bnb_cpu_repack(monkeypatch: pytest.MonkeyPatch) -> None:
     """Turn on bitsandbytes' AVX-512 BF16 CPU repack switch for every ``Linear4bit`` built during
     the test, as on a CPU with that flag (the repack is plain torch: it runs on any CPU)."""
     monkeypatch.setattr("bitsandbytes.nn.modules.has_avx512bf16", lambda: True)
+def pretrained_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's tiny Llama (hidden size 128) given some language by ``pretrain_causal_lm``:
+    built once per test session (about 30 s on two idle CPU cores), shared by every test that
+    needs a base whose generations already look like sentences (after-training, grpo).
+    Read-only: copy it before changing it."""
+    from .tiny import build_tiny_causal_lm, pretrain_causal_lm
+
+    base = tmp_path_factory.mktemp("pretrained-causal-lm") / "base-model"
+    build_tiny_causal_lm(base, hidden_size=128)
+    return pretrain_causal_lm(base)
 
 
 @pytest.fixture(scope="session")

@@ -261,12 +261,14 @@ async function start(event) {
 
 // --- progress ---------------------------------------------------------------------------------
 
-const chart = { loss: [], eval: [] };
+const chart = { loss: [], eval: [], reward: [] };
 
 function redraw() {
   drawChart($("chart"), [
     { name: "train loss", cls: "train", points: chart.loss },
     { name: "eval loss", cls: "eval", points: chart.eval },
+    // Online RL strategies (grpo) log the mean reward of each step's completions.
+    { name: "mean reward", cls: "reward", points: chart.reward },
   ]);
 }
 
@@ -274,6 +276,7 @@ function addRecord(record) {
   if (typeof record.step !== "number") return;
   if (typeof record.loss === "number") chart.loss.push({ x: record.step, y: record.loss });
   if (typeof record.eval_loss === "number" && !record.stage) chart.eval.push({ x: record.step, y: record.eval_loss });
+  if (typeof record.reward === "number" && !record.stage) chart.reward.push({ x: record.step, y: record.reward });
 }
 
 function metricsTable(metrics) {
@@ -323,6 +326,7 @@ async function follow(id) {
   following = { id, abort };
   chart.loss = [];
   chart.eval = [];
+  chart.reward = [];
   redraw();
   let frame = 0;
   try {
@@ -358,6 +362,7 @@ async function showRun(id) {
   const run = await api(`/runs/${id.split("/").map(encodeURIComponent).join("/")}`);
   chart.loss = [];
   chart.eval = [];
+  chart.reward = [];
   for (const record of run.log) addRecord(record);
   redraw();
   renderJob({ id: run.job_id || "–", state: run.status, run: { id: run.id }, progress: run.progress,

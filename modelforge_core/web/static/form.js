@@ -60,7 +60,8 @@ function listMessage(prop) {
 function kindOf(prop) {
   if (prop.enum) return "enum";
   const t = types(prop);
-  if (t.includes("array")) return "list";
+  // A list of objects (grpo's rewards) is written as JSON; a list of plain values comma-separated.
+  if (t.includes("array")) return itemType(prop) === "object" || (prop.items && prop.items.properties) ? "json" : "list";
   if (t.includes("boolean")) return "boolean";
   if (t.includes("integer")) return "integer";
   if (t.includes("number")) return "number";
@@ -188,6 +189,8 @@ export class SchemaForm {
     } else if (kind === "integer" || kind === "number") {
       input = el("input", { id, name: key, type: "number", inputmode: kind === "integer" ? "numeric" : "decimal",
         step: kind === "integer" ? "1" : "any", min: prop.minimum, max: prop.maximum });
+    } else if (kind === "json") {
+      input = el("textarea", { id, name: key, rows: "3", spellcheck: "false", autocomplete: "off" });
     } else {
       input = el("input", { id, name: key, type: "text", spellcheck: "false", autocomplete: "off",
         list: key === "dataset" ? "datasets-list" : key === "model_name" ? "models-list" : undefined });
@@ -230,6 +233,7 @@ export class SchemaForm {
     const { input, kind } = field;
     if (kind === "boolean") input.checked = value === true;
     else if (kind === "list") input.value = Array.isArray(value) ? value.join(", ") : value ?? "";
+    else if (kind === "json") input.value = value === undefined ? "" : JSON.stringify(value);
     else input.value = value === undefined || value === null ? "" : String(value);
   }
 
@@ -242,6 +246,10 @@ export class SchemaForm {
       if (input.validity && input.validity.badInput) return "not a number";
       if (text === "") return nullable ? null : undefined;
       return Number(text);
+    }
+    if (kind === "json") {
+      if (text === "") return undefined;
+      try { return JSON.parse(text); } catch { return "not JSON"; }
     }
     if (kind === "list") {
       if (text === "") return nullable ? null : undefined;
@@ -332,6 +340,7 @@ export class SchemaForm {
     for (const field of this.fields.values()) {
       const value = this.inputValue(field);
       if (value === "not a number") fieldErrors.set(field.key, ["must be a number"]);
+      if (value === "not JSON" && field.kind === "json") fieldErrors.set(field.key, ["must be JSON, e.g. [{\"name\": \"regex\"}]"]);
     }
     const everything = this.withDefaults();
     for (const rule of this.rules) {

@@ -21,4 +21,5 @@ def train(job: TrainingJob) -> TrainResult:
 
     options = job.config["dpo"]
     return run_preference(job, DPOConfig, DPOTrainer, beta=float(options["beta"]), loss_type=options["loss_type"],
-                          label_smoothing=float(options["label_smoothing"]), precompute_ref_log_probs=False)
+                          label_smoothing=float(options["label_smoothing"]),
+                          discopop_tau=float(options["discopop_tau"]), precompute_ref_log_probs=False)

@@ -145,7 +145,7 @@ def test_cli_trains_the_reference_example_with_dpo(tiny_causal_lm: Path, tmp_pat
     assert (run / "adapter" / "adapter_config.json").is_file()
     resolved = json.loads((run / "config.json").read_text())["config"]
     assert resolved["use_4bit"] is True and resolved["dpo"] == {"beta": 0.1, "loss_type": "sigmoid",
-                                                                "label_smoothing": 0.0}
+                                                                "label_smoothing": 0.0, "discopop_tau": 0.05}
 
 
 # --- validation, before anything loads -----------------------------------------------------

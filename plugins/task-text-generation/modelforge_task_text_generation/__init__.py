@@ -2,7 +2,8 @@
 
 Supervised rows: ``{"input", "output"}`` (optionally ``"system"``), ``{"messages": [...]}``
 (chat, ending with the assistant's turn) or ``{"prompt", "completion"}``. Preference rows (for
-dpo and rlhf): ``{"prompt", "chosen", "rejected"}``, as strings or as message lists.
+dpo and rlhf): ``{"prompt", "chosen", "rejected"}``, as strings or as message lists. Prompt rows
+(for grpo): ``{"prompt", ...}`` with whatever other fields the configured rewards read.
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ class TextGeneration(Task):
     name: ClassVar[str] = "text-generation"
     description: ClassVar[str] = "Instruction, chat and prompt/completion fine-tuning of causal LMs."
     heads: ClassVar[tuple[str, ...]] = ("causal-lm",)
-    data_shapes: ClassVar[frozenset[str]] = frozenset({"supervised", "preference"})
+    data_shapes: ClassVar[frozenset[str]] = frozenset({"supervised", "preference", "prompt"})
     row_formats: ClassVar[Mapping[str, Sequence[str]]] = {
         "supervised": ('{"input": ..., "output": ...}', '{"messages": [{"role", "content"}, ...]}',
                        '{"prompt": ..., "completion": ...}'),
         "preference": ('{"prompt": ..., "chosen": ..., "rejected": ...}',),
+        "prompt": ('{"prompt": ..., and the fields the rewards read, e.g. "answer": ...}',),
     }
     generate_inputs: ClassVar[Mapping[str, str]] = {"prompt": "input", "system": "system"}
     required_inputs: ClassVar[tuple[str, ...] | None] = ("prompt",)
@@ -69,6 +71,8 @@ class TextGeneration(Task):
         native("prompt_completion", {"prompt", "completion"}, description='{"prompt", "completion"}'),
         native("preference", {"prompt", "chosen", "rejected"}, shape="preference",
                description='{"prompt", "chosen", "rejected"}'),
+        native("prompt", {"prompt"}, shape="prompt", open=True,
+               description='{"prompt", ...the fields its rewards read} (grpo)'),
         ALPACA,
         SHAREGPT,
     )
@@ -78,12 +82,16 @@ class TextGeneration(Task):
             return "preference"
         if "messages" in row or "completion" in row or "input" in row or "output" in row:
             return "supervised"
+        if "prompt" in row:
+            return "prompt"
         return None
 
     def row_format(self, row: Mapping[str, Any]) -> str:
-        """``io``, ``messages``, ``prompt_completion`` or ``preference``."""
+        """``io``, ``messages``, ``prompt_completion``, ``preference`` or ``prompt``."""
         if "chosen" in row or "rejected" in row:
             return "preference"
+        if self.row_shape(row) == "prompt":
+            return "prompt"
         if "messages" in row:
             return "messages"
         if "completion" in row or ("prompt" in row and "output" not in row):
@@ -94,6 +102,11 @@ class TextGeneration(Task):
         fmt = self.row_format(row)
         if fmt == "preference":
             return self._check_preference(row)
+        if fmt == "prompt":
+            if isinstance(row["prompt"], list):
+                return _messages_problems(row["prompt"], "prompt", must_end_with_assistant=False)
+            problem = _text_problem(row, "prompt")
+            return [problem] if problem else []
         if fmt == "messages":
             return _messages_problems(row["messages"], "messages", must_end_with_assistant=True)
         if fmt == "prompt_completion":

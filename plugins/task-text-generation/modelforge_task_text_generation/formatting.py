@@ -88,12 +88,24 @@ def preference_example(row: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]
     return {"prompt": text(prompt) + PLAIN_SEPARATOR, "chosen": text(chosen), "rejected": text(rejected)}
 
 
+def prompt_example(prompt: Any, tokenizer: Any) -> Any:
+    """A prompt in TRL's format: a message list when the tokenizer has a template, else text."""
+    if has_chat_template(tokenizer):
+        return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    text = prompt if isinstance(prompt, str) else PLAIN_SEPARATOR.join(m["content"] for m in prompt)
+    return text + PLAIN_SEPARATOR
+
+
 def build_dataset(task: TextGeneration, rows: Sequence[Mapping[str, Any]], *, shape: str, tokenizer: Any,
                   config: Mapping[str, Any]) -> Any:
     from datasets import Dataset
 
     if shape == "preference":
         return Dataset.from_list([preference_example(row, tokenizer) for row in rows])
+    if shape == "prompt":
+        # Only the prompt, formatted as for preference pairs; a strategy reads the rows' other
+        # fields (what its rewards need) from the rows themselves.
+        return Dataset.from_list([{"prompt": prompt_example(row["prompt"], tokenizer)} for row in rows])
     examples = []
     template = has_chat_template(tokenizer)
     for row in rows:
