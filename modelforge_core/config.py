@@ -474,6 +474,7 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     if problems:
         raise ValidationFailed(problems)
     selected = [user.get(k, schema["properties"][k].get("default")) for k in ("task", "strategy", "provider")]
+    selected += [name for name in plugins.registry.loggers if isinstance(user.get(name), Mapping)]  # enabled loggers
     defaults = schema_defaults(schema, [s for s in selected if s])
     profile_name = user["compute_specs"]
     profile = profile_values(profile_name, user)
@@ -504,4 +505,8 @@ def _environment_problems(values: Mapping[str, Any], plugins: Plugins) -> list[P
         message = component.check_environment()
         if message:
             problems.append(Problem(field_name, message, code="environment"))
+    for name, logger in plugins.registry.loggers.items():
+        message = logger.check_environment() if isinstance(values.get(name), Mapping) else None
+        if message:
+            problems.append(Problem(name, message, code="environment"))
     return problems

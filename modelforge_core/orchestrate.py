@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, earlystop
 from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
@@ -149,6 +149,7 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
             raise EnvironmentProblem(message)
     data = check_dataset(config, plugins=plugins)
     split = split_rows(data.rows, config["eval_split"], config["seed"], data.file)
+    earlystop.check_evaluations(config, len(split[0]), _process_count())
     set_offline_environment(config["model_name"])
 
     from .training import check_precision, detect_hardware
@@ -190,7 +191,8 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     from .launch import describe_batch
 
     display.message(describe_batch(config, _process_count()))
-    info = RunInfo(run.name, run.path, config.data, main_process)
+    info = RunInfo(run.name, run.path, config.data, main_process, sources=dict(config.sources),
+                   resumed_from=checkpoint.name if checkpoint else None)
     if main_process:
         run.set_status("running", global_step=0, resumed_from=checkpoint.name if checkpoint else None)
         plugins.hooks.on_run_start(info)
@@ -201,6 +203,8 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
 
         sync.append(distributed_callback(flag))
     stage_metrics: dict[str, Any] = {"before": previous_before} if previous_before else {}
+    run_callback = make_run_callback(run, info, plugins.hooks, display, flag)
+    early = earlystop.make_callback(config, task, strategy, display.message) if earlystop.enabled(config) else None
 
     def report(stage: str, metrics: Mapping[str, float]) -> None:
         if not main_process:
@@ -208,7 +212,10 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         stage_metrics[stage] = dict(metrics)
         run.write_json(METRICS_FILE, stage_metrics)
         run.append_log({"stage": stage, **metrics})
-        plugins.hooks.on_evaluate(info, stage, metrics)
+        step = run_callback.last_step
+        if stage == "after" and early is not None and early.outcome.best_step:
+            step = early.outcome.best_step  # the trainer reloaded the best checkpoint
+        plugins.hooks.on_evaluate(info, stage, metrics, step)
         display.message(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def load_model(head: str, **kwargs: Any) -> LoadedModel:
@@ -237,13 +244,13 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         from .training import trainer_arguments as build
 
         return build(config.data, output_dir=str(run.checkpoints), logging_dir=str(run.path / TENSORBOARD_DIR),
-                     **kwargs)
+                     **{**earlystop.trainer_arguments(config, task, strategy), **kwargs})
 
     job = TrainingJob(
         config=config.data, task=task, provider=provider, run=info,
         train_rows=[data.rows[i] for i in split[0]], eval_rows=[data.rows[i] for i in split[1]],
         shape=data.shape, load_model=load_model, trainer_arguments=trainer_arguments,
-        callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag)], head=head,
+        callbacks=[*sync, run_callback, *([early] if early is not None else [])], head=head,
         resume_from=checkpoint, save=save, report=report, say=display.message,
         stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
     )
@@ -270,9 +277,13 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
         raise
     metrics = {"before": result.metrics_before, "after": result.metrics_after,
                "global_step": result.global_step, **result.extra}
+    stopped = early.outcome.status_fields() if early is not None else {}
+    if stopped:
+        metrics["best_step"] = stopped["best_step"]  # the step of the saved adapter
+        metrics["early_stopping"] = stopped
     if main_process:
         run.write_json(METRICS_FILE, metrics)
-        run.set_status("finished", global_step=result.global_step, finished_at=now_iso())
+        run.set_status("finished", global_step=result.global_step, finished_at=now_iso(), **stopped)
         plugins.hooks.on_run_end(info, "finished", metrics, None)
     return TrainOutcome(run.path, "finished", metrics, main_process)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pluggy
 
 from . import hookspecs
-from .api import Component, Provider, RunInfo, Strategy, Task
+from .api import Component, Logger, Provider, RunInfo, Strategy, Task
 from .errors import PluginError
 
 if TYPE_CHECKING:
@@ -73,17 +73,19 @@ class Registry:
     providers: dict[str, Provider] = field(default_factory=dict)
     strategies: dict[str, Strategy] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
+    loggers: dict[str, Logger] = field(default_factory=dict)
     owners: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {"provider": self.providers, "strategy": self.strategies,
-                                             "task": self.tasks}
+                                             "task": self.tasks, "logger": self.loggers}
         return tables[kind]
 
     def components(self) -> Iterable[Component]:
         yield from self.tasks.values()
         yield from self.strategies.values()
         yield from self.providers.values()
+        yield from self.loggers.values()
 
     def add(self, component: Component, owner: PluginInfo, expected: type[C]) -> None:
         if not isinstance(component, expected):
@@ -177,6 +179,7 @@ class Hooks:
         self._register_into("register_tasks", registry, Task)
         self._register_into("register_strategies", registry, Strategy)
         self._register_into("register_providers", registry, Provider)
+        self._register_into("register_loggers", registry, Logger)
         registry.check_option_names(canonical_schema()["properties"])
         return registry
 
@@ -189,8 +192,8 @@ class Hooks:
     def on_log(self, run: RunInfo, step: int, logs: Mapping[str, float]) -> None:
         self._call("on_log", run=run, step=step, logs=logs)
 
-    def on_evaluate(self, run: RunInfo, stage: str, metrics: Mapping[str, float]) -> None:
-        self._call("on_evaluate", run=run, stage=stage, metrics=metrics)
+    def on_evaluate(self, run: RunInfo, stage: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        self._call("on_evaluate", run=run, stage=stage, metrics=metrics, step=step)
 
     def on_run_end(self, run: RunInfo, status: str, metrics: Mapping[str, Any],
                    error: str | None) -> None:

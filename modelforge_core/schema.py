@@ -71,6 +71,36 @@ def compatibility_rules(registry: Registry) -> list[dict[str, Any]]:
     return rules
 
 
+def early_stopping_rules(registry: Registry, schema: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One rule per compatible task and strategy: ``early_stopping_metric`` must be a metric
+    that one of the two declares in ``training_metrics`` (null turns early stopping off)."""
+    from .plugins import compatible
+
+    if "early_stopping_metric" not in schema["properties"]:
+        return []
+    rules: list[dict[str, Any]] = []
+    for task_name, task in sorted(registry.tasks.items()):
+        for strategy_name, strategy in sorted(registry.strategies.items()):
+            if compatible(registry, task_name, strategy_name, ""):
+                continue
+            metrics = sorted({**task.training_metrics, **strategy.training_metrics})
+            condition: dict[str, Any] = {"properties": {"task": {"const": task_name},
+                                                        "strategy": {"const": strategy_name}},
+                                         "required": ["task"]}
+            if schema["properties"]["strategy"].get("default") != strategy_name:
+                condition["required"].append("strategy")
+            rules.append({
+                "$comment": "early stopping",
+                "description": f"early_stopping_metric must be a metric that the {task_name} task or the "
+                               f"{strategy_name} strategy reports during training: "
+                               f"{', '.join(metrics) or 'they report none'}.",
+                "if": condition,
+                "then": {"properties": {"early_stopping_metric": {"anyOf": [
+                    {"type": "null"}, _one_of_names(metrics)]}}},
+            })
+    return rules
+
+
 def _nothing() -> dict[str, Any]:
     """A schema no value matches. Not ``false``: python-jsonschema reports the error of a
     ``false`` property schema at the parent object, Ajv at the property; both report
@@ -123,6 +153,7 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
         )
     rules = [r for r in schema["allOf"] if r.get("$comment") != "compatibility"]
     rules.extend(compatibility_rules(registry))
+    rules.extend(early_stopping_rules(registry, schema))
     for component in registry.components():
         if component.options_schema is not None:
             fragment = copy.deepcopy(dict(component.options_schema))
@@ -131,7 +162,9 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
             fragment.setdefault("description", f"Options of the {component.name} {component.kind}.")
             fragment.setdefault("default", {})
             props[component.name] = fragment
-            rules.append(_options_rule(schema, component))
+            if component.kind in COMPONENT_FIELDS.values():
+                # A logger has no selecting field: its options object, when present, enables it.
+                rules.append(_options_rule(schema, component))
         rules.extend(copy.deepcopy(list(component.schema_rules)))
     schema["allOf"] = rules
     schema["description"] += " (Effective schema: the canonical schema plus the installed plugins.)"

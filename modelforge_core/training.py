@@ -76,6 +76,10 @@ FIELDS_USED_ELSEWHERE: Mapping[str, str] = {
     "output_dir": "core: the run folder",
     "trust_remote_code": "provider: from_pretrained(trust_remote_code=...)",
     "allow_pickle_weights": "provider: from_pretrained(use_safetensors=...)",
+    "early_stopping_metric": "core: earlystop.py (metric_for_best_model and its callback)",
+    "early_stopping_direction": "core: earlystop.py (greater_is_better)",
+    "early_stopping_patience": "core: earlystop.py callback",
+    "early_stopping_min_delta": "core: earlystop.py callback",
 }
 
 
@@ -316,12 +320,15 @@ def make_run_callback(run: RunDir, info: RunInfo, hooks: Hooks, display: Display
 
     class RunCallback(TrainerCallback):  # type: ignore[misc]
         stage = "during"
+        #: The last optimizer step seen (the step of a stage's evaluation).
+        last_step = 0
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
                 display.start(state.max_steps, state.global_step)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.last_step = state.global_step
             if state.is_world_process_zero:
                 display.advance(state.global_step)
             if flag.is_set():
@@ -347,7 +354,7 @@ def make_run_callback(run: RunDir, info: RunInfo, hooks: Hooks, display: Display
                 return
             numbers = with_perplexity({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
             if self.stage == "during":
-                hooks.on_evaluate(info, "during", numbers)
+                hooks.on_evaluate(info, "during", numbers, state.global_step)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             display.close()

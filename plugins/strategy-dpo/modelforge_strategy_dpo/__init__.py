@@ -19,6 +19,9 @@ class DPOStrategy(Strategy):
     data_shape: ClassVar[str] = "preference"
     tasks: ClassVar[frozenset[str] | None] = frozenset({"text-generation"})
     recommended_learning_rate: ClassVar[float | None] = 5e-7
+    #: What TRL's DPOTrainer reports at every evaluation (rewards: higher is better).
+    training_metrics: ClassVar[Mapping[str, str]] = {"eval_loss": "min", "eval_rewards/accuracies": "max",
+                                                     "eval_rewards/margins": "max"}
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Options of the dpo strategy.",
         "properties": {

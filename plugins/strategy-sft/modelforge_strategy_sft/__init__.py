@@ -6,7 +6,7 @@ heads train with the transformers trainers on the task's tokenized features.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from modelforge_core import hookimpl
@@ -18,6 +18,8 @@ class SFTStrategy(Strategy):
     description: ClassVar[str] = "Supervised fine-tuning with LoRA (TRL SFTTrainer for causal LMs)."
     data_shape: ClassVar[str] = "supervised"
     recommended_learning_rate: ClassVar[float | None] = 2e-4
+    #: The trainer reports the eval loss at every evaluation; the core adds its perplexity.
+    training_metrics: ClassVar[Mapping[str, str]] = {"eval_loss": "min", "eval_perplexity": "min"}
 
     def train(self, job: TrainingJob) -> TrainResult:
         from modelforge_core.training import run_supervised
