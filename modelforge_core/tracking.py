@@ -84,7 +84,7 @@ class Guard:
             return None
         try:
             return function(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - a tracker must never stop the training
+        except Exception as exc:  # a tracker must never stop the training
             self.disabled = True
             self.warning = (f"warning: {self.logger}: {what} failed ({type(exc).__name__}: {_first_line(exc)}); "
                             f"run {self.run_name} goes on without {self.logger}")

@@ -19,6 +19,7 @@ on untracked (see ``modelforge_core.tracking.Guard``).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -143,7 +144,7 @@ class Session:
 
         now = int(time.time() * 1000)
         batch = [Metric(f"{prefix}{key}", float(value), now, int(step)) for key, value in values.items()
-                 if isinstance(value, (int, float)) and value == value]  # NaN is not a metric
+                 if isinstance(value, (int, float)) and not math.isnan(value)]
         for start in range(0, len(batch), 1000):
             self.call("logging metrics", self.client.log_batch, self.run_id, metrics=batch[start:start + 1000])
 

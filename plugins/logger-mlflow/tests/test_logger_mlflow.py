@@ -35,7 +35,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pytest.importorskip("flask", reason="mlflow server needs the [server] extra of modelforge-logger-mlflow")
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -49,7 +48,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:  # noqa: S310 - http only
                     if response.status == 200:
                         break
             except OSError:
@@ -70,7 +69,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _config(model: Path, data: Path, url: str, experiment: str, **overrides: Any) -> dict[str, Any]:
     return tiny_config(model, data, max_steps=6, logging_steps=2, eval_steps=3,
-                       mlflow={"tracking_uri": url, "experiment": experiment, "tags": {"team": "nlp"}, "timeout_s": 120}, **overrides)
+                       mlflow={"tracking_uri": url, "experiment": experiment, "tags": {"team": "nlp"},
+                               "timeout_s": 120}, **overrides)
 
 
 def test_a_training_is_an_mlflow_run(mlflow_server: str, tiny_causal_lm: Path, sample_dataset: Any,

@@ -125,7 +125,7 @@ class Session:
         # finish even when an earlier call failed: it releases the W&B service.
         try:
             self.handle.finish(exit_code=EXIT_CODES.get(status, 1))
-        except Exception as exc:  # noqa: BLE001 - never fail the training for the tracker
+        except Exception as exc:  # never fail the training for the tracker
             self.guard.call("finishing the run", _raise, exc)
 
 
