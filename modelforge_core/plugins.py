@@ -39,6 +39,8 @@ BUILTIN_DISTRIBUTIONS: Mapping[tuple[str, str], str] = {
     ("task", "text-generation"): "modelforge-task-text-generation",
     ("task", "summarization"): "modelforge-task-summarization",
     ("task", "extractive-question-answering"): "modelforge-task-extractive-qa",
+    ("logger", "mlflow"): "modelforge-logger-mlflow",
+    ("logger", "wandb"): "modelforge-logger-wandb",
 }
 
 

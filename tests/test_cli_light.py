@@ -202,7 +202,7 @@ def test_plugins_json(modelforge: Run) -> None:
         row = rows[distribution]
         assert row["version"]
         registration = {"provider": "register_providers", "strategy": "register_strategies",
-                        "task": "register_tasks"}[kind]
+                        "task": "register_tasks", "logger": "register_loggers"}[kind]
         assert registration in row["hooks"]  # a built-in may use lifecycle hooks too
         assert row["hooks"] == sorted(row["hooks"])
         (component,) = row["components"]

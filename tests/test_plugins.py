@@ -20,7 +20,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from modelforge_core import hookimpl
-from modelforge_core.api import Provider, RunInfo, Strategy, Task
+from modelforge_core.api import Logger, Provider, RunInfo, Strategy, Task
 from modelforge_core.config import resolve_config
 from modelforge_core.errors import PluginError, ValidationFailed
 from modelforge_core.plugins import (
@@ -149,7 +149,8 @@ def test_builtins_are_found_through_entry_points(builtin_plugins: Plugins) -> No
         assert owner.distribution == distribution
         assert owner.version
         assert builtin_plugins.infos[owner.name] == owner
-    assert len({registry.owner_of(c).distribution for c in registry.components()}) == 9
+    assert len({registry.owner_of(c).distribution for c in registry.components()}) == len(
+        set(BUILTIN_DISTRIBUTIONS.values()))
 
 
 def test_no_plugin_is_loaded_at_import_time() -> None:
@@ -321,13 +322,13 @@ def test_load_plugins_allowlist() -> None:
     plugins = load_plugins(environ={LOAD_ENV: "strategy-sft, modelforge-task-text-generation,provider_huggingface"})
     assert set(plugins.infos) == {"strategy-sft", "task-text-generation", "provider-huggingface"}
     assert {s.reason for s in plugins.skipped} == {f"not listed in {LOAD_ENV}"}
-    assert len(plugins.skipped) == 6
+    assert len(plugins.skipped) == len(set(BUILTIN_DISTRIBUTIONS.values())) - 3
 
 
 def test_empty_allowlist_loads_no_entry_points() -> None:
     plugins = load_plugins(environ={LOAD_ENV: ""})
     assert plugins.infos == {}
-    assert len(plugins.skipped) == 9
+    assert len(plugins.skipped) == len(set(BUILTIN_DISTRIBUTIONS.values()))
 
 
 def test_disable_blocklist() -> None:
@@ -589,8 +590,8 @@ class Recorder:
         self.calls.append(("on_log", {"run": run, "step": step, "logs": logs}))
 
     @hookimpl
-    def on_evaluate(self, run: RunInfo, stage: str, metrics: Mapping[str, float]) -> None:
-        self.calls.append(("on_evaluate", {"run": run, "stage": stage, "metrics": metrics}))
+    def on_evaluate(self, run: RunInfo, stage: str, metrics: Mapping[str, float], step: int) -> None:
+        self.calls.append(("on_evaluate", {"run": run, "stage": stage, "metrics": metrics, "step": step}))
 
     @hookimpl
     def on_run_end(self, run: RunInfo, status: str, metrics: Mapping[str, Any], error: str | None) -> None:
@@ -642,7 +643,7 @@ RUN = RunInfo(name="tiny-sft", directory=Path("runs/tiny-sft"), config=dict(BASE
 LIFECYCLE: dict[str, dict[str, Any]] = {
     "on_run_start": {"run": RUN},
     "on_log": {"run": RUN, "step": 10, "logs": {"loss": 2.5, "learning_rate": 2e-4}},
-    "on_evaluate": {"run": RUN, "stage": "after", "metrics": {"eval_loss": 1.9, "perplexity": 6.7}},
+    "on_evaluate": {"run": RUN, "stage": "after", "metrics": {"eval_loss": 1.9, "perplexity": 6.7}, "step": 12},
     "on_run_end": {"run": RUN, "status": "finished", "metrics": {"after": {"eval_loss": 1.9}}, "error": None},
 }
 STEPS_ONLY = {"on_run_start": "start", "on_log": 10, "on_evaluate": "after", "on_run_end": "finished"}
@@ -671,6 +672,39 @@ def test_hook_on_log() -> None:
 
 def test_hook_on_evaluate() -> None:
     _check_lifecycle_hook("on_evaluate")
+
+
+def test_hook_register_loggers(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    class Tracker(Logger):
+        name: ClassVar[str] = "tracker"
+        options_schema: ClassVar[Mapping[str, Any] | None] = {"properties": {
+            "url": {"type": "string", "default": "http://localhost", "description": "Where.", "examples": ["x"]}}}
+
+        def check_environment(self) -> str | None:
+            asked.append(self.name)
+            return None
+
+    class LoggerPlugin:
+        @hookimpl
+        def register_loggers(self, register: Callable[[Logger], None]) -> None:
+            register(Tracker())
+
+    plugins = _with_builtins(("tracking", LoggerPlugin()))
+    assert isinstance(plugins.registry.loggers["tracker"], Tracker)
+    assert plugins.hook_names("tracking") == ["register_loggers"]
+    assert effective_schema(plugins.registry)["properties"]["tracker"]["additionalProperties"] is False
+    # Not in the config: not enabled, no defaults, no environment check.
+    plain = resolve_config(dict(BASE), plugins=plugins, base_dir=tmp_path)
+    assert "tracker" not in plain and asked == []
+    # Its object enables it, with any strategy, defaults filled in and the environment checked.
+    enabled = resolve_config({**BASE, "strategy": "dpo", "tracker": {}}, plugins=plugins, base_dir=tmp_path)
+    assert enabled["tracker"] == {"url": "http://localhost"} and Logger.enabled_in(enabled, "tracker")
+    assert asked == ["tracker"]
+    with pytest.raises(ValidationFailed) as caught:
+        resolve_config({**BASE, "tracker": {"url": 3}}, plugins=plugins, base_dir=tmp_path)
+    assert [p.path for p in caught.value.problems] == ["tracker.url"]
 
 
 def test_hook_on_run_end() -> None:
