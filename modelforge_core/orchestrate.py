@@ -191,7 +191,9 @@ def train(config: ResolvedConfig, *, plugins: Plugins | None = None, resume: Pat
     from .launch import describe_batch
 
     display.message(describe_batch(config, _process_count()))
-    info = RunInfo(run.name, run.path, config.data, main_process, sources=dict(config.sources),
+    # A resumed run's sources are those of its first attempt (the CLI resolves the saved config).
+    sources = dict(run.read_json(CONFIG_FILE).get("sources") or {}) if checkpoint else dict(config.sources)
+    info = RunInfo(run.name, run.path, config.data, main_process, sources=sources,
                    resumed_from=checkpoint.name if checkpoint else None)
     if main_process:
         run.set_status("running", global_step=0, resumed_from=checkpoint.name if checkpoint else None)

@@ -79,7 +79,8 @@ class Session:
         import wandb
 
         previous = read_state(self.run, NAME)
-        run_id = str(previous["run_id"]) if previous.get("run_id") and self.run.resumed_from else uuid.uuid4().hex[:12]
+        resuming = bool(previous.get("run_id") and self.run.resumed_from)
+        run_id = str(previous["run_id"]) if resuming else uuid.uuid4().hex[:12]
         flat = flat_config(self.run)
         config = {key: value for key, (value, _) in flat.items()}
         config["_sources"] = {key: source for key, (_, source) in flat.items()}
@@ -87,7 +88,7 @@ class Session:
             "starting the run", wandb.init, project=self.options["project"], entity=self.options.get("entity"),
             name=self.options.get("run_name") or self.run.name, group=self.options.get("group"),
             tags=list(self.options.get("tags") or []), mode=self.options.get("mode"), dir=str(self.run.directory),
-            id=run_id, resume="allow", config=config, allow_val_change=True, reinit="create_new",
+            id=run_id, resume="allow", config=None if resuming else config, reinit="create_new",
             settings=wandb.Settings(init_timeout=float(self.options["timeout_s"]), silent=True,
                                     console="off", x_disable_stats=True))
         if self.handle is not None:
