@@ -705,6 +705,14 @@ def test_hook_register_loggers(tmp_path: Path) -> None:
     with pytest.raises(ValidationFailed) as caught:
         resolve_config({**BASE, "tracker": {"url": 3}}, plugins=plugins, base_dir=tmp_path)
     assert [p.path for p in caught.value.problems] == ["tracker.url"]
+    # A built-in logger's object without its plugin: the message says what to install.
+    with pytest.raises(ValidationFailed) as caught:
+        resolve_config({**BASE, "mlflow": {}}, base_dir=tmp_path,
+                       plugins=load_plugins(extra=_builtin_modules(without=("logger-mlflow",)), entry_points=False))
+    [problem] = caught.value.problems
+    assert problem.message == "unknown field 'mlflow'"
+    assert problem.hint == ("logger 'mlflow' is provided by modelforge-logger-mlflow, which is not installed "
+                            "(pip install modelforge-logger-mlflow)")
 
 
 def test_hook_on_run_end() -> None:
