@@ -61,6 +61,11 @@ class Component:
     #: Python distributions the component runs on beyond the core's ML libraries; their
     #: versions go into each run's manifest and ``modelforge doctor``'s report.
     libraries: ClassVar[tuple[str, ...]] = ()
+    #: The metrics the component reports at every evaluation *during* training (each
+    #: ``eval_steps``), each with the direction that is better: ``"min"`` or ``"max"``
+    #: (``{"eval_loss": "min"}``). Early stopping may watch only these: the effective schema
+    #: allows ``early_stopping_metric`` to name a metric of the selected task or strategy.
+    training_metrics: ClassVar[Mapping[str, str]] = {}
 
     def check_environment(self) -> str | None:
         """Say, in one sentence with what to do, why this machine cannot run the component.
@@ -73,6 +78,8 @@ class Component:
 
     def capabilities(self) -> dict[str, Any]:
         """The capabilities as plain JSON data (for ``modelforge plugins --json``)."""
+        if self.training_metrics:
+            return {"needs_gpu": self.needs_gpu, "training_metrics": dict(self.training_metrics)}
         return {"needs_gpu": self.needs_gpu}
 
 
@@ -235,6 +242,25 @@ class Task(Component):
                 "labels": list(self.labels)}
 
 
+class Logger(Component):
+    """An experiment tracker or logger (MLflow, Weights & Biases, ...).
+
+    A logger is declarative: its plugin does the logging in the lifecycle hooks
+    (``on_run_start``, ``on_log``, ``on_evaluate``, ``on_run_end``). What it registers gives it
+    an options object in the config under its :attr:`name` (``"mlflow": {"experiment": "x"}``);
+    a logger is *enabled* for a run when that object is present in the config, so installing a
+    logger plugin never sends anything anywhere by itself. :meth:`Component.check_environment`
+    is asked only for the loggers a config enables.
+    """
+
+    kind: ClassVar[str] = "logger"
+
+    @staticmethod
+    def enabled_in(config: Mapping[str, Any], name: str) -> bool:
+        """Whether the config enables the logger called ``name`` (its options object is there)."""
+        return isinstance(config.get(name), Mapping)
+
+
 class Strategy(Component):
     """Builds and runs the training."""
 
@@ -357,6 +383,12 @@ class RunInfo:
     directory: Path
     config: Mapping[str, Any]
     is_main_process: bool = True
+    #: Where each config value came from (``"default"``, ``"profile:<name>"``, ``"file:<path>"``,
+    #: ``"--set"``, ``"api"``); nested options have dotted keys (``"dpo.beta"``).
+    sources: Mapping[str, str] = field(default_factory=dict)
+    #: The checkpoint folder name this attempt resumes from (``"checkpoint-20"``), or ``None``
+    #: for a fresh run. A resumed run has the same :attr:`directory` as the first attempt.
+    resumed_from: str | None = None
 
 
 @dataclass

@@ -558,10 +558,11 @@ def resolve_config(document: Document | Mapping[str, Any], *, overrides: Mapping
     if problems:
         raise ValidationFailed(problems)
     selected = [user.get(k, schema["properties"][k].get("default")) for k in ("task", "strategy", "provider")]
+    selected += [name for name in plugins.registry.loggers if isinstance(user.get(name), Mapping)]  # enabled loggers
     defaults = schema_defaults(schema, [s for s in selected if s])
     profile_name = user["compute_specs"]
     strategy = plugins.registry.strategies.get(str(selected[1]))
-    probe = {**dict(zip(("task", "strategy", "provider"), selected, strict=True)), **user}
+    probe = {**dict(zip(("task", "strategy", "provider"), selected[:3], strict=True)), **user}
     needs_4bit = strategy.needs_4bit if strategy is not None else _schema_forces_4bit(schema, probe)
     profile = profile_values(profile_name, user, needs_4bit=bool(needs_4bit))
     sources: dict[str, str] = {}

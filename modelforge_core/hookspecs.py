@@ -23,7 +23,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .api import DataSource, Provider, Reward, RunInfo, Strategy, Task
+    from .api import DataSource, Logger, Provider, Reward, RunInfo, Strategy, Task
 
 PROJECT_NAME = "modelforge"
 
@@ -93,6 +93,19 @@ def register_rewards(register: Callable[[Reward], None]) -> None:
 
 
 @hookspec
+def register_loggers(register: Callable[[Logger], None]) -> None:
+    """Register experiment trackers and loggers (their name, options and environment check).
+
+    Called once when the plugin manager is built. The logging itself happens in the plugin's
+    lifecycle hooks; registering a :class:`modelforge_core.api.Logger` gives it an options
+    object in the config under its ``name``, and the logger is enabled for a run when the
+    config has that object (``"mlflow": {}`` enables MLflow with its defaults).
+
+    :param register: call it with a :class:`modelforge_core.api.Logger` instance for each logger.
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``modelforge`` command line.
 
@@ -126,7 +139,7 @@ def on_log(run: RunInfo, step: int, logs: Mapping[str, float]) -> None:
 
 
 @hookspec
-def on_evaluate(run: RunInfo, stage: str, metrics: Mapping[str, float]) -> None:
+def on_evaluate(run: RunInfo, stage: str, metrics: Mapping[str, float], step: int) -> None:
     """An evaluation finished.
 
     Called on the main process only.
@@ -136,6 +149,9 @@ def on_evaluate(run: RunInfo, stage: str, metrics: Mapping[str, float]) -> None:
         ``eval_steps``) or ``"after"`` (the trained model); strategies with several stages
         add their own names (rlhf: ``"reward_model_before"``, ``"reward_model_after"``).
     :param metrics: metric values by name (``eval_loss``, ``perplexity``, ``rougeL``, ...).
+    :param step: the global optimizer step the evaluated weights come from (0 for
+        ``"before"``; for ``"after"``, the last step, or the best step when early stopping
+        restored the best checkpoint).
     """
 
 
@@ -148,6 +164,7 @@ def on_run_end(run: RunInfo, status: str, metrics: Mapping[str, Any],
 
     :param run: the run.
     :param status: ``"finished"``, ``"failed"`` or ``"interrupted"``.
-    :param metrics: the final metrics (empty when the run did not finish).
+    :param metrics: the final metrics (empty when the run did not finish); ``metrics.json``
+        and ``status.json`` in ``run.directory`` are written before this hook is called.
     :param error: the error message when ``status`` is ``"failed"``, else ``None``.
     """

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, earlystop
 from .api import LoadedModel, LoadRequest, RunInfo, TrainingJob, task_load_fields
 from .config import ResolvedConfig
 from .data import Dataset, check_dataset
@@ -163,6 +163,7 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
     provider = registry.providers[config["provider"]]
     data = check_dataset(config, plugins=plugins)
     split = split_rows(data.rows, config["eval_split"], config["seed"], data.file)
+    earlystop.check_evaluations(config, len(split[0]), _process_count())
     set_offline_environment(config["model_name"])
 
     from .training import check_precision, detect_hardware
@@ -216,7 +217,10 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
     from .launch import describe_batch
 
     display.message(describe_batch(config, _process_count()))
-    info = RunInfo(run.name, run.path, config.data, main_process)
+    # A resumed run's sources are those of its first attempt (the CLI resolves the saved config).
+    sources = dict(run.read_json(CONFIG_FILE).get("sources") or {}) if checkpoint else dict(config.sources)
+    info = RunInfo(run.name, run.path, config.data, main_process, sources=sources,
+                   resumed_from=checkpoint.name if checkpoint else None)
     if main_process:
         run.set_status("running", global_step=_step_of(checkpoint),
                        resumed_from=checkpoint.name if checkpoint else None)
@@ -228,6 +232,7 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         sync.append(distributed_callback(flag))
     # A resumed run keeps every stage the first attempt reported (rlhf's reward model, too).
     stage_metrics: dict[str, Any] = dict(previous_metrics)
+    early = earlystop.make_callback(config, task, strategy, display.message) if earlystop.enabled(config) else None
 
     def report(stage: str, metrics: Mapping[str, float]) -> None:
         if not main_process:
@@ -235,7 +240,10 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         stage_metrics[stage] = dict(metrics)
         run.write_json(METRICS_FILE, stage_metrics)
         run.append_log({"stage": stage, **metrics})
-        plugins.hooks.on_evaluate(info, stage, metrics)
+        step = run_callback.last_step
+        if stage == "after" and early is not None and early.outcome.best_step:
+            step = early.outcome.best_step  # the trainer reloaded the best checkpoint
+        plugins.hooks.on_evaluate(info, stage, metrics, step)
         display.message(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def load_model(head: str, **kwargs: Any) -> LoadedModel:
@@ -268,17 +276,17 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         from .training import trainer_arguments as build
 
         return build(config.data, output_dir=str(run.checkpoints), logging_dir=str(run.path / TENSORBOARD_DIR),
-                     **kwargs)
+                     **{**earlystop.trainer_arguments(config, task, strategy), **kwargs})
 
     from .trainer import LANGUAGE_MODEL_HEADS, clean_metrics
 
     stages = Stages(partial(clean_metrics, perplexity=head in LANGUAGE_MODEL_HEADS))
+    run_callback = make_run_callback(run, info, plugins.hooks, display, flag, stages)
     job = TrainingJob(
         config=config.data, task=task, provider=provider, run=info,
         train_rows=[data.rows[i] for i in split[0]], eval_rows=[data.rows[i] for i in split[1]],
         shape=data.shape, load_model=load_model, trainer_arguments=trainer_arguments,
-        callbacks=[*sync, make_run_callback(run, info, plugins.hooks, display, flag, stages),
-                   four_bit_guard_callback()],
+        callbacks=[*sync, run_callback, four_bit_guard_callback(), *([early] if early is not None else [])],
         head=head,
         resume_from=checkpoint, save=save, report=report, say=display.message,
         stop_requested=flag.is_set, previous_metrics_before=previous_before, run_dir=run,
@@ -315,9 +323,13 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         raise
     metrics = {"before": result.metrics_before, "after": result.metrics_after,
                "global_step": result.global_step, **result.extra}
+    stopped = early.outcome.status_fields() if early is not None else {}
+    if stopped:
+        metrics["best_step"] = stopped["best_step"]  # the step of the saved adapter
+        metrics["early_stopping"] = stopped
     if main_process:
         run.write_json(METRICS_FILE, metrics)
-        run.set_status("finished", global_step=result.global_step, finished_at=now_iso())
+        run.set_status("finished", global_step=result.global_step, finished_at=now_iso(), **stopped)
         plugins.hooks.on_run_end(info, "finished", metrics, None)
     return TrainOutcome(run.path, "finished", metrics, main_process)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pluggy
 
 from . import hookspecs
-from .api import Component, Provider, Reward, RunInfo, Strategy, Task
+from .api import Component, Logger, Provider, Reward, RunInfo, Strategy, Task
 from .errors import PluginError
 from .schema import (
     canonical_schema,
@@ -54,6 +54,8 @@ BUILTIN_DISTRIBUTIONS: Mapping[tuple[str, str], str] = {
     ("reward", "numeric_match"): "modelforge-rewards-basic",
     ("reward", "regex"): "modelforge-rewards-basic",
     ("reward", "length_penalty"): "modelforge-rewards-basic",
+    ("logger", "mlflow"): "modelforge-logger-mlflow",
+    ("logger", "wandb"): "modelforge-logger-wandb",
 }
 
 
@@ -91,11 +93,13 @@ class Registry:
     #: Data sources (``register_data_sources``): where dataset rows come from.
     sources: dict[str, DataSource] = field(default_factory=dict)
     rewards: dict[str, Reward] = field(default_factory=dict)
+    loggers: dict[str, Logger] = field(default_factory=dict)
     owners: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {"provider": self.providers, "strategy": self.strategies,
-                                             "task": self.tasks, "source": self.sources, "reward": self.rewards}
+                                             "task": self.tasks, "source": self.sources, "reward": self.rewards,
+                                             "logger": self.loggers}
         return tables[kind]
 
     def components(self) -> Iterable[Component]:
@@ -103,6 +107,7 @@ class Registry:
         yield from self.strategies.values()
         yield from self.providers.values()
         yield from self.rewards.values()
+        yield from self.loggers.values()
 
     def add(self, component: Component, owner: PluginInfo, expected: type[C]) -> None:
         if not isinstance(component, expected):
@@ -202,6 +207,7 @@ class Hooks:
         self._register_into("register_providers", registry, Provider)
         self._register_into("register_data_sources", registry, DataSource)
         self._register_into("register_rewards", registry, Reward)
+        self._register_into("register_loggers", registry, Logger)
         registry.check_option_names(canonical_schema()["properties"])
         return registry
 
@@ -214,8 +220,8 @@ class Hooks:
     def on_log(self, run: RunInfo, step: int, logs: Mapping[str, float]) -> None:
         self._call("on_log", run=run, step=step, logs=logs)
 
-    def on_evaluate(self, run: RunInfo, stage: str, metrics: Mapping[str, float]) -> None:
-        self._call("on_evaluate", run=run, stage=stage, metrics=metrics)
+    def on_evaluate(self, run: RunInfo, stage: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        self._call("on_evaluate", run=run, stage=stage, metrics=metrics, step=step)
 
     def on_run_end(self, run: RunInfo, status: str, metrics: Mapping[str, Any],
                    error: str | None) -> None:

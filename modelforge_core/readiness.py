@@ -42,6 +42,10 @@ def environment_problems(config: Mapping[str, Any], plugins: Plugins) -> list[st
         message = component.check_environment()
         if message:
             problems.append(message)
+    for name, logger in plugins.registry.loggers.items():  # only the loggers the config enables
+        message = logger.check_environment() if logger.enabled_in(config, name) else None
+        if message:
+            problems.append(message)
     return problems
 
 

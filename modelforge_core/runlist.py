@@ -91,6 +91,11 @@ class RunSummary:
     note: str | None = None
     evaluations: int = 0
     merged: bool = False
+    #: Why training stopped before its end (``"early_stopping"``), and the sentence that says so.
+    stop_reason: str | None = None
+    stop_message: str | None = None
+    #: The step whose checkpoint became the adapter, when early stopping kept the best one.
+    best_step: int | None = None
 
     @property
     def name(self) -> str:
@@ -109,6 +114,7 @@ class RunSummary:
             "started_at": self.started_at, "ended_at": self.ended_at, "duration_s": self.duration_s,
             "global_step": self.global_step, "metrics": {"before": self.metrics_before, "after": self.metrics_after},
             "error": self.error, "note": self.note, "evaluations": self.evaluations, "merged": self.merged,
+            "stop_reason": self.stop_reason, "stop_message": self.stop_message, "best_step": self.best_step,
         }
 
 
@@ -161,6 +167,9 @@ def summarize(path: Path, *, now: datetime | None = None) -> RunSummary:
         error=text(status.get("error")), note=note or text(status.get("note")),
         evaluations=len(list(evaluations.glob("*.json"))) if evaluations.is_dir() else 0,
         merged=(path / "merged" / "config.json").is_file(),
+        stop_reason=status.get("stop_reason") if isinstance(status.get("stop_reason"), str) else None,
+        stop_message=status.get("stop_message") if isinstance(status.get("stop_message"), str) else None,
+        best_step=status.get("best_step") if isinstance(status.get("best_step"), int) else None,
     )
 
 

@@ -151,6 +151,34 @@ def rules_with_missing_builtins(derived: list[dict[str, Any]], registry: Registr
     return rules
 
 
+def early_stopping_rules(registry: Registry, schema: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One rule per compatible task and strategy: ``early_stopping_metric`` must be a metric
+    that one of the two declares in ``training_metrics`` (null turns early stopping off)."""
+    if "early_stopping_metric" not in schema["properties"]:
+        return []
+    rules: list[dict[str, Any]] = []
+    for task_name, task in sorted(registry.tasks.items()):
+        for strategy_name, strategy in sorted(registry.strategies.items()):
+            if compatible(registry, task_name, strategy_name, ""):
+                continue
+            metrics = sorted({**task.training_metrics, **strategy.training_metrics})
+            condition: dict[str, Any] = {"properties": {"task": {"const": task_name},
+                                                        "strategy": {"const": strategy_name}},
+                                         "required": ["task"]}
+            if schema["properties"]["strategy"].get("default") != strategy_name:
+                condition["required"].append("strategy")
+            rules.append({
+                "$comment": "early stopping",
+                "description": f"early_stopping_metric must be a metric that the {task_name} task or the "
+                               f"{strategy_name} strategy reports during training: "
+                               f"{', '.join(metrics) or 'they report none'}.",
+                "if": condition,
+                "then": {"properties": {"early_stopping_metric": {"anyOf": [
+                    {"type": "null"}, _one_of_names(metrics)]}}},
+            })
+    return rules
+
+
 def _nothing() -> dict[str, Any]:
     """A schema no value matches. Not ``false``: python-jsonschema reports the error of a
     ``false`` property schema at the parent object, Ajv at the property; both report
@@ -206,6 +234,7 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
                 f"{c.name} ({c.description.rstrip('.') or 'no description'})" for c in added) + "."
     rules = [r for r in schema["allOf"] if r.get("$comment") != "compatibility"]
     rules.extend(rules_with_missing_builtins(compatibility_rules(registry), registry))
+    rules.extend(early_stopping_rules(registry, schema))
     from .rewards import inline_reward_lists, reward_list_schema
 
     rewards = schema.setdefault("$defs", {})["rewards"] = reward_list_schema(registry)
@@ -219,7 +248,9 @@ def effective_schema(registry: Registry) -> dict[str, Any]:
             fragment.setdefault("description", f"Options of the {component.name} {component.kind}.")
             fragment.setdefault("default", {})
             props[component.name] = fragment
-            rules.append(_options_rule(schema, component))
+            if component.kind in COMPONENT_FIELDS.values():
+                # A logger has no selecting field: its options object, when present, enables it.
+                rules.append(_options_rule(schema, component))
         rules.extend(copy.deepcopy(list(component.schema_rules)))
     schema["allOf"] = rules
     _extend_data_sources(schema, registry)
@@ -427,6 +458,10 @@ def _unknown_component_options(name: str, plugins: Plugins) -> str | None:
     for kind in ("strategy", "task", "provider"):
         if name in canonical_schema()["properties"][kind]["enum"] and name not in plugins.registry.of_kind(kind):
             return plugins.why_missing(kind, name)
+    from .plugins import BUILTIN_DISTRIBUTIONS
+
+    if ("logger", name) in BUILTIN_DISTRIBUTIONS and name not in plugins.registry.loggers:
+        return plugins.why_missing("logger", name)
     return None
 
 

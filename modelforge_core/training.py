@@ -95,6 +95,10 @@ FIELDS_USED_ELSEWHERE: Mapping[str, str] = {
     "trust_remote_code": "provider: from_pretrained(trust_remote_code=...)",
     "allow_pickle_weights": "provider: from_pretrained(use_safetensors=...)",
     **SPEED_FIELDS,
+    "early_stopping_metric": "core: earlystop.py (metric_for_best_model and its callback)",
+    "early_stopping_direction": "core: earlystop.py (greater_is_better)",
+    "early_stopping_patience": "core: earlystop.py callback",
+    "early_stopping_min_delta": "core: earlystop.py callback",
 }
 
 
@@ -364,11 +368,15 @@ def make_run_callback(run: RunDir, info: RunInfo, hooks: Hooks, display: Display
     current = stages or Stages(clean_metrics)
 
     class RunCallback(TrainerCallback):  # type: ignore[misc]
+        #: The last optimizer step seen (the step of a stage's evaluation).
+        last_step = 0
+
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
                 display.start(state.max_steps, state.global_step)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.last_step = state.global_step
             if state.is_world_process_zero:
                 display.advance(state.global_step)
             if flag.is_set():
@@ -390,7 +398,7 @@ def make_run_callback(run: RunDir, info: RunInfo, hooks: Hooks, display: Display
                         metrics: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
             if not state.is_world_process_zero or not metrics or current.current != "during":
                 return
-            hooks.on_evaluate(info, "during", current.clean(metrics))
+            hooks.on_evaluate(info, "during", current.clean(metrics), state.global_step)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             display.close()

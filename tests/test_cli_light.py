@@ -203,7 +203,7 @@ def test_plugins_json(modelforge: Run) -> None:
         row = rows[distribution]
         assert row["version"]
         registration = {"provider": "register_providers", "strategy": "register_strategies",
-                        "task": "register_tasks", "reward": "register_rewards"}[kind]
+                        "task": "register_tasks", "reward": "register_rewards", "logger": "register_loggers"}[kind]
         assert registration in row["hooks"]  # a built-in may use lifecycle hooks too
         assert row["hooks"] == sorted(row["hooks"])
         [component] = [c for c in row["components"] if (c["kind"], c["name"]) == (kind, name)]

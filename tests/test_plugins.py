@@ -20,7 +20,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from modelforge_core import hookimpl
-from modelforge_core.api import Provider, RunInfo, Strategy, Task
+from modelforge_core.api import Logger, Provider, RunInfo, Strategy, Task
 from modelforge_core.config import resolve_config
 from modelforge_core.errors import PluginError, ValidationFailed
 from modelforge_core.plugins import (
@@ -598,8 +598,8 @@ class Recorder:
         self.calls.append(("on_log", {"run": run, "step": step, "logs": logs}))
 
     @hookimpl
-    def on_evaluate(self, run: RunInfo, stage: str, metrics: Mapping[str, float]) -> None:
-        self.calls.append(("on_evaluate", {"run": run, "stage": stage, "metrics": metrics}))
+    def on_evaluate(self, run: RunInfo, stage: str, metrics: Mapping[str, float], step: int) -> None:
+        self.calls.append(("on_evaluate", {"run": run, "stage": stage, "metrics": metrics, "step": step}))
 
     @hookimpl
     def on_run_end(self, run: RunInfo, status: str, metrics: Mapping[str, Any], error: str | None) -> None:
@@ -651,7 +651,7 @@ RUN = RunInfo(name="tiny-sft", directory=Path("runs/tiny-sft"), config=dict(BASE
 LIFECYCLE: dict[str, dict[str, Any]] = {
     "on_run_start": {"run": RUN},
     "on_log": {"run": RUN, "step": 10, "logs": {"loss": 2.5, "learning_rate": 2e-4}},
-    "on_evaluate": {"run": RUN, "stage": "after", "metrics": {"eval_loss": 1.9, "perplexity": 6.7}},
+    "on_evaluate": {"run": RUN, "stage": "after", "metrics": {"eval_loss": 1.9, "perplexity": 6.7}, "step": 12},
     "on_run_end": {"run": RUN, "status": "finished", "metrics": {"after": {"eval_loss": 1.9}}, "error": None},
 }
 STEPS_ONLY = {"on_run_start": "start", "on_log": 10, "on_evaluate": "after", "on_run_end": "finished"}
@@ -680,6 +680,47 @@ def test_hook_on_log() -> None:
 
 def test_hook_on_evaluate() -> None:
     _check_lifecycle_hook("on_evaluate")
+
+
+def test_hook_register_loggers(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    class Tracker(Logger):
+        name: ClassVar[str] = "tracker"
+        options_schema: ClassVar[Mapping[str, Any] | None] = {"properties": {
+            "url": {"type": "string", "default": "http://localhost", "description": "Where.", "examples": ["x"]}}}
+
+        def check_environment(self) -> str | None:
+            asked.append(self.name)
+            return None
+
+    class LoggerPlugin:
+        @hookimpl
+        def register_loggers(self, register: Callable[[Logger], None]) -> None:
+            register(Tracker())
+
+    plugins = _with_builtins(("tracking", LoggerPlugin()))
+    assert isinstance(plugins.registry.loggers["tracker"], Tracker)
+    assert plugins.hook_names("tracking") == ["register_loggers"]
+    assert effective_schema(plugins.registry)["properties"]["tracker"]["additionalProperties"] is False
+    # Not in the config: not enabled, no defaults, no environment check.
+    plain = resolve_config(dict(BASE), plugins=plugins, base_dir=tmp_path)
+    assert "tracker" not in plain and asked == []
+    # Its object enables it, with any strategy, defaults filled in and the environment checked.
+    enabled = resolve_config({**BASE, "strategy": "dpo", "tracker": {}}, plugins=plugins, base_dir=tmp_path)
+    assert enabled["tracker"] == {"url": "http://localhost"} and Logger.enabled_in(enabled, "tracker")
+    assert asked == ["tracker"]
+    with pytest.raises(ValidationFailed) as caught:
+        resolve_config({**BASE, "tracker": {"url": 3}}, plugins=plugins, base_dir=tmp_path)
+    assert [p.path for p in caught.value.problems] == ["tracker.url"]
+    # A built-in logger's object without its plugin: the message says what to install.
+    with pytest.raises(ValidationFailed) as caught:
+        resolve_config({**BASE, "mlflow": {}}, base_dir=tmp_path,
+                       plugins=load_plugins(extra=_builtin_modules(without=("logger-mlflow",)), entry_points=False))
+    [problem] = caught.value.problems
+    assert problem.message == "unknown field 'mlflow'"
+    assert problem.hint == ("logger 'mlflow' is provided by modelforge-logger-mlflow, which is not installed "
+                            "(pip install modelforge-logger-mlflow)")
 
 
 def test_hook_on_run_end() -> None:

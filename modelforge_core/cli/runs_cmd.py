@@ -69,3 +69,6 @@ def runs(root: Path, as_json: bool) -> None:
         click.echo(line(row, STATUS_COLOURS.get(run.status)))
         if run.status in ("failed", "stale", "damaged") and (run.error or run.note):
             click.secho(f"    {run.error or run.note}", dim=True)
+        if run.stop_reason or run.best_step is not None:
+            stop = f"stopped at step {run.global_step}: {run.stop_reason}" if run.stop_reason else "ran to the end"
+            click.secho(f"    {stop}; adapter from the best step {run.best_step}", dim=True)

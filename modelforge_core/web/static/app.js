@@ -413,6 +413,12 @@ function renderRuns(runs) {
     first.append(name);
     const status = document.createElement("td");
     status.append(cell("span", run.status, `badge ${run.status}`));
+    if (run.stop_reason || run.best_step != null) {
+      const stop = run.stop_reason ? `stopped: ${run.stop_reason.replace("_", " ")}` : "ran to the end";
+      const early = cell("div", `${stop} · best step ${text(run.best_step)}`, "muted stop");
+      if (run.stop_message) early.title = run.stop_message;
+      status.append(early);
+    }
     row.append(first, status, cell("td", `${text(run.task)} / ${text(run.strategy)}`), cell("td", text(run.global_step)),
       cell("td", `${num(before.eval_loss)} → ${num(after.eval_loss)}`, "metric"),
       cell("td", `${num(before.eval_perplexity)} → ${num(after.eval_perplexity)}`, "metric"));

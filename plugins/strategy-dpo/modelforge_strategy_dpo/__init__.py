@@ -43,6 +43,9 @@ class DPOStrategy(Strategy):
     #: Each pair runs its chosen and its rejected answer in the same step.
     sequences_per_example: ClassVar[int] = 2
     fused_loss: ClassVar[bool] = True
+    #: What TRL's DPOTrainer reports at every evaluation (rewards: higher is better).
+    training_metrics: ClassVar[Mapping[str, str]] = {"eval_loss": "min", "eval_rewards/accuracies": "max",
+                                                     "eval_rewards/margins": "max"}
     options_schema: ClassVar[Mapping[str, Any]] = {
         "description": "Options of the dpo strategy.",
         "properties": {

@@ -7,7 +7,7 @@ nested quantization) and prepares the base for k-bit training.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from modelforge_core import hookimpl
@@ -21,6 +21,8 @@ class QLoRAStrategy(Strategy):
     recommended_learning_rate: ClassVar[float | None] = 2e-4
     fused_loss: ClassVar[bool] = True
     needs_4bit: ClassVar[bool] = True
+    #: The trainer reports the eval loss at every evaluation; the core adds its perplexity.
+    training_metrics: ClassVar[Mapping[str, str]] = {"eval_loss": "min", "eval_perplexity": "min"}
 
     def check_environment(self) -> str | None:
         if importlib.util.find_spec("bitsandbytes") is None:

@@ -6,7 +6,7 @@ heads train with the transformers trainers on the task's tokenized features.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from modelforge_core import hookimpl
@@ -19,6 +19,8 @@ class SFTStrategy(Strategy):
     data_shape: ClassVar[str] = "supervised"
     recommended_learning_rate: ClassVar[float | None] = 2e-4
     fused_loss: ClassVar[bool] = True
+    #: The trainer reports the eval loss at every evaluation; the core adds its perplexity.
+    training_metrics: ClassVar[Mapping[str, str]] = {"eval_loss": "min", "eval_perplexity": "min"}
 
     def train(self, job: TrainingJob) -> TrainResult:
         from modelforge_core.trainer import run_supervised
