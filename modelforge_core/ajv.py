@@ -49,12 +49,17 @@ def compile_errors(schemas: Mapping[str, Mapping[str, Any]], *, timeout: float =
     return verdicts
 
 
-def component_schema(component: Component) -> dict[str, Any]:
+def component_schema(component: Component, registry: Registry | None = None) -> dict[str, Any]:
     """The component's contribution alone, embedded as the effective schema embeds it: its
-    options object under its name and its rules in ``allOf``."""
+    options object under its name (a reward list it references inlined, from ``registry``'s
+    rewards) and its rules in ``allOf``."""
     schema: dict[str, Any] = {"$schema": DRAFT, "type": "object", "properties": {}}
     if component.options_schema is not None:
         fragment = copy.deepcopy(dict(component.options_schema))
+        if registry is not None:
+            from .rewards import inline_reward_lists, reward_list_schema
+
+            fragment = inline_reward_lists(fragment, reward_list_schema(registry))
         fragment.setdefault("type", "object")
         schema["properties"][component.name] = fragment
     if component.schema_rules:
@@ -68,7 +73,7 @@ def plugin_schema_problems(registry: Registry) -> dict[str, str] | None:
     from .schema import effective_schema
 
     schemas: dict[str, Mapping[str, Any]] = {
-        f"{component.kind} {component.name}": component_schema(component)
+        f"{component.kind} {component.name}": component_schema(component, registry)
         for component in registry.components() if component.options_schema is not None or component.schema_rules
     }
     schemas[EFFECTIVE] = effective_schema(registry)

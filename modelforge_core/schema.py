@@ -458,9 +458,7 @@ def _unknown_component_options(name: str, plugins: Plugins) -> str | None:
     for kind in ("strategy", "task", "provider"):
         if name in canonical_schema()["properties"][kind]["enum"] and name not in plugins.registry.of_kind(kind):
             return plugins.why_missing(kind, name)
-    from .plugins import BUILTIN_DISTRIBUTIONS
-
-    if ("logger", name) in BUILTIN_DISTRIBUTIONS and name not in plugins.registry.loggers:
+    if plugins.is_builtin("logger", name) and name not in plugins.registry.loggers:
         return plugins.why_missing("logger", name)
     return None
 

@@ -13,7 +13,8 @@ does its work in the lifecycle hooks. What every such plugin needs, and gets her
 
 Importing this module is cheap.
 
-Internal: not part of the plugin API, may change in any release (docs/plugins.md, "The public API").
+Public API (docs/plugins.md, "The public API"): the names in ``__all__`` are kept within a minor
+release series (0.1.x); their parameters are only added, as keywords with defaults.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .api import RunInfo
+
+__all__ = ["Guard", "flat_config", "read_state", "state_path", "write_state"]
 
 T = TypeVar("T")
 

@@ -38,7 +38,7 @@ def test_early_stopping_metric_must_be_one_the_components_report(tmp_path: Path)
     found = _problems(_base(tmp_path, strategy="dpo", early_stopping_metric="eval_perplexity"), tmp_path)
     assert "eval_rewards/accuracies" in found["early_stopping_metric"]
     # The components' own metrics pass, with dpo's reward among them.
-    resolve_config(_base(tmp_path, early_stopping_metric="eval_perplexity"), base_dir=tmp_path, check_environment=False)
+    resolve_config(_base(tmp_path, early_stopping_metric="eval_perplexity"), base_dir=tmp_path)
 
 
 def test_early_stopping_needs_evaluations_and_a_checkpoint_for_each(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_early_stopping_refuses_eval_steps_beyond_the_training(tmp_path: Path) -
     from modelforge_core.earlystop import check_evaluations
 
     config = resolve_config(_base(tmp_path, early_stopping_metric="eval_loss", max_steps=20, eval_steps=50),
-                            base_dir=tmp_path, check_environment=False)
+                            base_dir=tmp_path)
     with pytest.raises(ValidationFailed) as caught:
         check_evaluations(config, train_rows=8)
     [problem] = caught.value.problems

@@ -231,7 +231,8 @@ def test_doctor_and_the_hardware_check_ask_the_provider_for_its_devices(
 ALLOWED = {
     # The install-hint table: which distribution provides a missing built-in component.
     "plugins.py": {"huggingface", "unsloth", "sft", "qlora", "dpo", "rlhf", "text-generation", "summarization",
-                   "extractive-question-answering", "grpo", "exact_match", "numeric_match", "regex", "length_penalty"},
+                   "extractive-question-answering", "grpo", "exact_match", "numeric_match", "regex", "length_penalty",
+                   "mlflow", "wandb"},
     # The Hugging Face hub's own cache folder (~/.cache/huggingface), not the provider.
     "modelconfig.py": {"huggingface"},
 }

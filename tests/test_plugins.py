@@ -709,7 +709,9 @@ def test_hook_register_loggers(tmp_path: Path) -> None:
     # Its object enables it, with any strategy, defaults filled in and the environment checked.
     enabled = resolve_config({**BASE, "strategy": "dpo", "tracker": {}}, plugins=plugins, base_dir=tmp_path)
     assert enabled["tracker"] == {"url": "http://localhost"} and Logger.enabled_in(enabled, "tracker")
-    assert asked == ["tracker"]
+    from modelforge_core.readiness import environment_problems
+
+    assert asked == [] and environment_problems(enabled, plugins) == [] and asked == ["tracker"]
     with pytest.raises(ValidationFailed) as caught:
         resolve_config({**BASE, "tracker": {"url": 3}}, plugins=plugins, base_dir=tmp_path)
     assert [p.path for p in caught.value.problems] == ["tracker.url"]

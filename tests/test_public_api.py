@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_MODULES = ("modelforge_core", "modelforge_core.api", "modelforge_core.hookspecs",
-                  "modelforge_core.errors", "modelforge_core.trainer", "modelforge_core.testing")
+                  "modelforge_core.errors", "modelforge_core.trainer", "modelforge_core.tracking",
+                  "modelforge_core.testing")
 #: Plugins written against the public API only: the built-ins' code (not their tests) and the
 #: examples, the tutorial included.
 PLUGIN_SOURCES = sorted([*ROOT.glob("plugins/*/modelforge_*/**/*.py"), *ROOT.glob("examples/*/**/*.py")])

@@ -44,14 +44,14 @@ def test_a_label_outside_the_configured_ones_fails_the_data_check(
     data = tmp_path / "data.jsonl"
     data.write_text('{"text": "a great day", "label": "positive"}\n{"text": "meh", "label": "mixed"}\n', "utf-8")
     config = tiny_config(tmp_path, data, task="text-classification", strategy="sft", provider="huggingface")
-    resolved = resolve_config(config, plugins=plugins, base_dir=tmp_path, check_environment=False)
+    resolved = resolve_config(config, plugins=plugins, base_dir=tmp_path)
     with pytest.raises(ValidationFailed) as failed:
         check_dataset(resolved.data, plugins=plugins)
     [problem] = failed.value.problems
     assert (problem.line, problem.path) == (2, "label")
     assert problem.message == "'mixed' is not one of the labels negative, neutral, positive"
     renamed = resolve_config({**config, "text-classification": {"labels": ["negative", "mixed", "positive"]}},
-                             plugins=plugins, base_dir=tmp_path, check_environment=False)
+                             plugins=plugins, base_dir=tmp_path)
     assert len(check_dataset(renamed.data, plugins=plugins).rows) == 2  # "mixed" is a label now
 
 
