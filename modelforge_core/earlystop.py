@@ -102,10 +102,12 @@ class Outcome:
 
 
 def make_callback(config: Mapping[str, Any], task: Task, strategy: Strategy,
-                  say: Callable[[str], None]) -> Any:
+                  say: Callable[[str], None], stage: Callable[[], str] = lambda: "during") -> Any:
     """The ``TrainerCallback`` that counts evaluations without improvement and stops the run.
 
     Its ``outcome`` (an :class:`Outcome`) says the best step and, when it stopped the run, why.
+    ``stage`` names the run's current stage (``job.stage``): only evaluations ``"during"``
+    training count, never a strategy's evaluation before or after it.
     """
     from transformers import TrainerCallback
 
@@ -117,9 +119,6 @@ def make_callback(config: Mapping[str, Any], task: Task, strategy: Strategy,
     higher = direction(config, task, strategy) == "max"
 
     class EarlyStopping(TrainerCallback):  # type: ignore[misc]
-        #: Set by ``training.evaluate_stage``: only evaluations "during" training count.
-        stage = "during"
-
         def __init__(self) -> None:
             self.outcome = Outcome(metric)
             self.waited = 0
@@ -152,7 +151,7 @@ def make_callback(config: Mapping[str, Any], task: Task, strategy: Strategy,
 
         def on_evaluate(self, args: Any, state: Any, control: Any,
                         metrics: dict[str, Any] | None = None, **kwargs: Any) -> None:
-            if self.stage != "during" or not metrics:
+            if stage() != "during" or not metrics:
                 return
             # The trainer picks the best checkpoint from this same dict: add what the core derives.
             metrics.update({k: v for k, v in with_perplexity(

@@ -232,7 +232,11 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         sync.append(distributed_callback(flag))
     # A resumed run keeps every stage the first attempt reported (rlhf's reward model, too).
     stage_metrics: dict[str, Any] = dict(previous_metrics)
-    early = earlystop.make_callback(config, task, strategy, display.message) if earlystop.enabled(config) else None
+    from .trainer import LANGUAGE_MODEL_HEADS, clean_metrics
+
+    stages = Stages(partial(clean_metrics, perplexity=head in LANGUAGE_MODEL_HEADS))
+    early = (earlystop.make_callback(config, task, strategy, display.message, stage=lambda: stages.current)
+             if earlystop.enabled(config) else None)
 
     def report(stage: str, metrics: Mapping[str, float]) -> None:
         if not main_process:
@@ -278,9 +282,6 @@ def _train(config: ResolvedConfig, *, plugins: Plugins | None, resume: Path | No
         return build(config.data, output_dir=str(run.checkpoints), logging_dir=str(run.path / TENSORBOARD_DIR),
                      **{**earlystop.trainer_arguments(config, task, strategy), **kwargs})
 
-    from .trainer import LANGUAGE_MODEL_HEADS, clean_metrics
-
-    stages = Stages(partial(clean_metrics, perplexity=head in LANGUAGE_MODEL_HEADS))
     run_callback = make_run_callback(run, info, plugins.hooks, display, flag, stages)
     job = TrainingJob(
         config=config.data, task=task, provider=provider, run=info,

@@ -93,6 +93,9 @@ def force_bnb_cpu_repack(monkeypatch: pytest.MonkeyPatch) -> None:
     """Turn on bitsandbytes' AVX-512 BF16 CPU repack switch for every ``Linear4bit`` built during
     the test, as on a CPU with that flag (the repack is plain torch: it runs on any CPU)."""
     monkeypatch.setattr("bitsandbytes.nn.modules.has_avx512bf16", lambda: True)
+
+
+@pytest.fixture(scope="session")
 def pretrained_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's tiny Llama (hidden size 128) given some language by ``pretrain_causal_lm``:
     built once per test session (about 30 s on two idle CPU cores), shared by every test that

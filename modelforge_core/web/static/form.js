@@ -254,6 +254,8 @@ export class SchemaForm {
     if (kind === "list") {
       if (text === "") return nullable ? null : undefined;
       if (listWords(field.prop).includes(text)) return text;
+      // A field that is also a plain string (dataset: one path, or a list of sources) keeps one value as it is.
+      if (types(field.prop).includes("string") && !text.includes(",")) return text;
       const items = text.split(",").map((s) => s.trim()).filter(Boolean);
       const item = itemType(field.prop);
       return item === "integer" || item === "number" ? items.map((s) => (s === "" || isNaN(Number(s)) ? s : Number(s)))
