@@ -4,7 +4,6 @@ artifacts served by the server) on a loopback port: one server for the module, s
 from __future__ import annotations
 
 import json
-
 import os
 import signal
 import socket
