@@ -269,7 +269,19 @@ def catch_interruptions(flag: StopFlag) -> Iterator[StopFlag]:
         yield flag
     finally:
         for number, old in previous.items():
-            signal.signal(number, old)
+            # In the CLI, after a stop, the run folder is final: a further Ctrl-C while the
+            # command reports and exits ends it with 130, never a KeyboardInterrupt traceback.
+            signal.signal(number, _leave_with_130 if flag.is_set() and EXIT_QUIETLY_AFTER_A_STOP else old)
+
+
+#: Set by the console script (``modelforge_core.cli.run``): a process that only runs one command.
+EXIT_QUIETLY_AFTER_A_STOP = False
+
+
+def _leave_with_130(signum: int, frame: FrameType | None) -> None:
+    import os
+
+    os._exit(130)
 
 
 class Display:

@@ -303,7 +303,9 @@ def test_a_second_writer_is_refused_and_changes_nothing(setup: dict[str, Any], t
     finally:
         if first.poll() is None:
             first.kill()
-    assert first.returncode == 130, stderr
+    # 130, or killed by the SIGINT itself when it lands after Python began tearing the finished
+    # process down (its handlers are gone then): a shell reports both as exit status 130.
+    assert first.returncode in (130, -signal.SIGINT), stderr
     assert "Traceback" not in stderr and _status(out)["status"] == "interrupted"
 
 

@@ -98,7 +98,33 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    main(prog_name="modelforge", obj={})
+    from .. import training
+
+    training.EXIT_QUIETLY_AFTER_A_STOP = True
+    try:
+        main(prog_name="modelforge", obj={})
+    finally:
+        _quiet_interrupts_at_exit()
+
+
+def _quiet_interrupts_at_exit() -> None:
+    """Once the command is done, a Ctrl-C that lands while Python shuts down (waiting for a
+    library's worker threads) ends the process with 130 and no traceback: the command's own
+    handlers are gone by then, and Python's default would print ``KeyboardInterrupt`` from
+    ``threading._shutdown``."""
+    import contextlib
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        os._exit(130)
+
+    with contextlib.suppress(ValueError, OSError):  # not the main interpreter: nothing to do
+        signal.signal(signal.SIGINT, leave)
 
 
 if __name__ == "__main__":  # pragma: no cover
