@@ -18,7 +18,10 @@ UNSLOTH_PY := $(UNSLOTH_VENV)/bin/python
 UNSLOTH_PIP := $(UNSLOTH_PY) -m pip --disable-pip-version-check
 UNSLOTH_STAMP := $(UNSLOTH_VENV)/.modelforge-installed
 # Training extras only, plus pytest for its tests: serve and the dev tools stay in .venv.
-UNSLOTH_EDITABLES := -e ".[train]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
+# The logger plugins stay out: mlflow's and wandb's pins do not resolve beside unsloth's caps,
+# and the unsloth tests never log to a tracker.
+UNSLOTH_PLUGINS := $(filter-out plugins/logger-%,$(PLUGINS))
+UNSLOTH_EDITABLES := -e ".[train]" $(foreach p,$(UNSLOTH_PLUGINS),-e $(dir $(p)))
 
 .PHONY: setup browser demo test lint bench clean unsloth-env test-unsloth
 
